@@ -1,0 +1,1 @@
+"""Subcommands of the `fixture-agent` command line, one module per area."""

@@ -1,0 +1,224 @@
+"""Station configuration: frozen pydantic models loaded from TOML.
+
+Every defect is reported with its key path, what was expected and what was found
+(``fixture-agent check-config FILE``). Relative paths are resolved against the file's folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.errors import ConfigError
+
+StationId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,47}$")]
+SlotName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,15}$")]
+BcmPin = Annotated[int, Field(ge=0, le=27, description="Broadcom GPIO number")]
+
+
+class Section(BaseModel):
+    """Base of every configuration section."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StationSection(Section):
+    id: StationId
+
+
+class TlsSection(Section):
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSection:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: give both or neither")
+        return self
+
+
+class BrokerSection(Section):
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    tls: TlsSection | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    session_expiry_s: Annotated[int, Field(ge=0, le=30 * 86400)] = 7 * 86400
+    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    reconnect_max_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    group: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,47}$")] | None = None
+
+    @model_validator(mode="after")
+    def _backoff(self) -> BrokerSection:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+class PinMap(Section):
+    """BCM pin numbers of the fixture's inputs and relays."""
+
+    clamp_sensor: BcmPin
+    clamp_actuator: BcmPin
+    dut_power: BcmPin
+    interlock: BcmPin
+    lamp_pass: BcmPin
+    lamp_fail: BcmPin
+    lamp_busy: BcmPin
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PinMap:
+        used: dict[int, str] = {}
+        for name, pin in self.model_dump().items():
+            if pin in used:
+                raise ValueError(f"pin {pin} is used by both {used[pin]} and {name}")
+            used[pin] = name
+        return self
+
+
+class FixtureSection(Section):
+    backend: Literal["gpio", "sim"] = "gpio"
+    pins: PinMap
+    clamp_bounce_ms: Annotated[int, Field(ge=0, le=1000)] = 20
+    clamp_settle_ms: Annotated[int, Field(ge=0, le=5000)] = 150
+    power_settle_ms: Annotated[int, Field(ge=0, le=5000)] = 50
+
+
+class SimFlashSlot(Section):
+    """A slot whose board is the in-memory simulated target (no pyOCD)."""
+
+    backend: Literal["sim-flash"]
+    name: SlotName
+    flash_size: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 1024 * 1024
+    page_size: Annotated[int, Field(ge=256, le=128 * 1024)] = 4096
+
+
+class PyOcdSlot(Section):
+    """A slot programmed over SWD/JTAG through pyOCD."""
+
+    backend: Literal["pyocd"]
+    name: SlotName
+    probe: Annotated[str, Field(min_length=1, description="probe unique id, e.g. sim:0001")]
+    frequency_hz: Annotated[int, Field(ge=10_000, le=50_000_000)] = 4_000_000
+
+
+class UartSlot(Section):
+    """A slot programmed through the STM32 ROM bootloader (AN3155) on a serial port."""
+
+    backend: Literal["stm32-uart"]
+    name: SlotName
+    port: Annotated[str, Field(min_length=1)]
+    baud: Annotated[int, Field(ge=1200, le=4_000_000)] = 115200
+    parity: Literal["even", "none"] = "even"
+    boot0_pin: BcmPin | None = None
+    nreset_pin: BcmPin | None = None
+
+
+SlotConfig = Annotated[SimFlashSlot | PyOcdSlot | UartSlot, Field(discriminator="backend")]
+
+
+class StorageSection(Section):
+    dir: Path
+
+    @property
+    def database(self) -> Path:
+        """The station's SQLite file (outbox, jobs, sequence numbers)."""
+        return self.dir / "station.db"
+
+    @property
+    def images(self) -> Path:
+        """The content-addressed image cache."""
+        return self.dir / "images"
+
+
+class LimitsSection(Section):
+    outbox_max_records: Annotated[int, Field(ge=10, le=10_000_000)] = 50_000
+    min_free_disk_mb: Annotated[int, Field(ge=0)] = 256
+    max_message_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
+    unit_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    record_ack_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+
+class SimulationSection(Section):
+    """Where simulated boards live when slots use the simulated probe or bootloader."""
+
+    board_dir: Path | None = None
+    timing: bool = False
+
+
+class StationConfig(Section):
+    """The whole station configuration."""
+
+    station: StationSection
+    broker: BrokerSection
+    fixture: FixtureSection
+    slots: Annotated[tuple[SlotConfig, ...], Field(min_length=1, max_length=16)]
+    storage: StorageSection
+    limits: LimitsSection = LimitsSection()
+    simulation: SimulationSection = SimulationSection()
+
+    @model_validator(mode="after")
+    def _unique_slots(self) -> StationConfig:
+        names = [slot.name for slot in self.slots]
+        if len(set(names)) != len(names):
+            raise ValueError(f"slot names repeat: {names}")
+        pins = set(self.fixture.pins.model_dump().values())
+        for slot in self.slots:
+            if isinstance(slot, UartSlot):
+                for label, pin in (("boot0_pin", slot.boot0_pin), ("nreset_pin", slot.nreset_pin)):
+                    if pin is not None and pin in pins:
+                        raise ValueError(f"slot {slot.name} {label} {pin} is a fixture pin")
+        return self
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make relative paths in the raw tree relative to the config file's folder."""
+    targets = [("storage", "dir"), ("simulation", "board_dir")]
+    for section, key in targets:
+        value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(value, str) and not Path(value).is_absolute():
+            raw[section][key] = str(base / value)
+    tls = raw.get("broker", {}).get("tls") if isinstance(raw.get("broker"), dict) else None
+    if isinstance(tls, dict):
+        for key in ("ca", "cert", "key"):
+            value = tls.get(key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                tls[key] = str(base / value)
+
+
+def format_problems(error: ValidationError) -> list[str]:
+    """One line per defect: key path, expectation, what was found."""
+    problems = []
+    for item in error.errors(include_url=False):
+        loc = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        found = item.get("input")
+        shown = "nothing" if item["type"] == "missing" else repr(found)
+        if isinstance(found, dict):
+            shown = "a table"
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        problems.append(f"{loc}: {item['msg']}; found {shown}")
+    return problems
+
+
+def parse_config(raw: dict[str, Any], *, source: str, base: Path) -> StationConfig:
+    """Validate an already-decoded TOML tree."""
+    _resolve_paths(raw, base)
+    try:
+        return StationConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, format_problems(exc)) from None
+
+
+def load_config(path: Path) -> StationConfig:
+    """Load and validate a TOML configuration file, or raise ConfigError naming every problem."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    return parse_config(raw, source=str(path), base=path.resolve().parent)

@@ -1,0 +1,96 @@
+"""The programmer capability: what the unit cycle needs from any probe or bootloader.
+
+Backends (pyOCD over SWD, the STM32 UART ROM bootloader, the in-memory simulated target) implement
+:class:`Programmer`. Every method is a coroutine: a backend that wraps a blocking library runs it on
+its own per-slot thread and never on the event loop. ``abort`` may be called from another task while
+an operation is in flight; the operation must then fail promptly with ``ProgrammerAborted`` (or
+``ProbeLost``), never report success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A named, contiguous range of target memory that one image occupies."""
+
+    name: str
+    address: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        """First address past the region."""
+        return self.address + self.size
+
+    def __str__(self) -> str:
+        return f"{self.name}@0x{self.address:08X}+{self.size}"
+
+
+@dataclass(frozen=True, slots=True)
+class ValidFlag:
+    """Where the "valid" marker lives and the 32-bit word that means valid.
+
+    ``kind`` is ``flash-word`` (a word in main flash, erased = 0xFFFFFFFF) or ``uicr`` (a customer
+    register in the nRF UICR block). The marker is erased before any image is written and written
+    only after every region verified, so a board that loses power mid-way never looks valid.
+    """
+
+    kind: Literal["flash-word", "uicr"]
+    address: int
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """What the current firmware set and job ask of the connection.
+
+    ``target`` is the firmware set's target type (pyOCD target name such as ``nrf52840``, or the
+    bootloader's chip family); ``recover_locked`` allows the backend to mass-erase a locked part to
+    regain access. Without it a locked part fails with ``TargetLocked`` and is never erased.
+    """
+
+    target: str
+    recover_locked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """What happened while connecting, for the unit record."""
+
+    recovered_locked_part: bool = False
+
+
+@runtime_checkable
+class Programmer(Protocol):
+    """One probe or bootloader link attached to one slot of the fixture."""
+
+    async def connect(self, options: ConnectOptions) -> Connection:
+        """Open the link to the board in the slot (DUT power is already on)."""
+
+    async def read_unique_id(self) -> str:
+        """The chip's factory unique id as lowercase hex (e.g. nRF FICR DEVICEID)."""
+
+    async def erase(self, region: Region) -> None:
+        """Erase every page/sector the region touches (to 0xFF)."""
+
+    async def write(self, region: Region, data: bytes) -> None:
+        """Make ``region`` hold ``data`` (``len(data) == region.size``), erasing as needed."""
+
+    async def read(self, region: Region) -> bytes:
+        """Read ``region`` back from the target, exactly ``region.size`` bytes."""
+
+    async def set_valid_flag(self, flag: ValidFlag) -> None:
+        """Write the valid marker; called only after every region verified."""
+
+    async def lock(self) -> None:
+        """Irreversibly protect the part (readout protection / APPROTECT); last step only."""
+
+    async def disconnect(self) -> None:
+        """Close the link; safe to call when not connected."""
+
+    async def abort(self) -> None:
+        """Make any in-flight operation fail now; callable from another task."""

@@ -1,0 +1,1 @@
+"""Plant-side tools: recorder, firmware-set signing and publishing."""
