@@ -8,6 +8,7 @@ Every model is frozen and forbids unknown keys; inbound payloads are parsed with
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import pairwise
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -32,7 +33,9 @@ Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
 Text = Annotated[str, Field(min_length=1, max_length=200)]
 ImageRole = Literal["bootloader", "application", "filesystem", "manufacturing"]
 
-ROLE_ORDER: dict[str, int] = {"bootloader": 0, "application": 1, "filesystem": 2, "manufacturing": 3}
+ROLE_ORDER: dict[str, int] = {
+    "bootloader": 0, "application": 1, "filesystem": 2, "manufacturing": 3,
+}
 
 
 class Wire(BaseModel):
@@ -109,7 +112,7 @@ class FirmwareSet(Wire):
         if self.manufacturing is not None:
             m = self.manufacturing
             spans = sorted([*spans, (m.address, m.address + m.size, "manufacturing")])
-        for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:], strict=False):
+        for (_, end_a, name_a), (start_b, _, name_b) in pairwise(spans):
             if start_b < end_a:
                 raise ValueError(f"regions {name_a} and {name_b} overlap")
         flag = self.valid_flag
@@ -267,7 +270,7 @@ class JobProgress(Wire):
     quantity: int
     passed: int
     failed: int
-    state: Literal["active", "complete", "superseded", "waiting"]
+    state: Literal["active", "complete", "exhausted", "superseded", "waiting"]
 
 
 class StationStatus(Wire):
@@ -281,5 +284,6 @@ class StationStatus(Wire):
     job: JobProgress | None = None
     outbox_depth: int = 0
     last_seq: int = 0
+    link_error: str | None = None
     agent_version: str = ""
     at: datetime | None = None

@@ -1,0 +1,167 @@
+"""The one place that builds the station from its configuration and runs it.
+
+Real hardware is built here from the config; simulated hardware comes from :mod:`agent.sim` and is
+imported only when the config asks for it, so a real station never loads a simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.config import PyOcdSlot, StationConfig, UartSlot
+from agent.errors import FailureCode
+from agent.hw.fixture import Fixture, GpioFixture
+from agent.hw.programmer import Programmer
+from agent.images import LocalImages
+from agent.intake import JobIntake
+from agent.jobs import JobBook
+from agent.link import Link
+from agent.mqtt import Backoff, BrokerEndpoint
+from agent.outbox import Outbox
+from agent.station import Station, StationLimits
+from agent.status import StatusBoard
+from agent.store import StationStore
+from agent.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 10.0
+
+
+@dataclass
+class Hardware:
+    """The fixture and one programmer per slot; ``sim`` holds the simulated devices, if any."""
+
+    fixture: Fixture
+    programmers: dict[str, Programmer]
+    sim: Any = None
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+
+
+def build_programmer(slot: PyOcdSlot | UartSlot, *, pin_factory: Any) -> Programmer:
+    """The real backend for a slot."""
+    if isinstance(slot, PyOcdSlot):
+        from agent.hw.pyocd_programmer import PyOcdProgrammer
+
+        return PyOcdProgrammer(probe_id=slot.probe, frequency_hz=slot.frequency_hz)
+    from agent.hw.boot_control import BootControl
+    from agent.hw.stm32_uart import Stm32UartProgrammer
+
+    boot = None
+    if slot.boot0_pin is not None and slot.nreset_pin is not None:
+        boot = BootControl(boot0_pin=slot.boot0_pin, nreset_pin=slot.nreset_pin,
+                           pin_factory=pin_factory)
+    return Stm32UartProgrammer(port=slot.port, baud=slot.baud, parity=slot.parity, boot=boot)
+
+
+async def build_hardware(config: StationConfig) -> Hardware:
+    """Real GPIO and probes, or the simulated fixture when ``fixture.backend = "sim"``."""
+    if config.fixture.backend == "sim":
+        from agent.sim.hardware import build_simulated_hardware
+
+        sim_fixture, sim_programmers, sim = await build_simulated_hardware(config,
+                                                                           build_programmer)
+        return Hardware(fixture=sim_fixture, programmers=sim_programmers, sim=sim,
+                        closers=[sim.close])
+    fixture = GpioFixture(pins=config.fixture.pins, pin_factory=None,
+                          bounce_ms=config.fixture.clamp_bounce_ms,
+                          settle_ms=config.fixture.clamp_settle_ms)
+    programmers: dict[str, Programmer] = {}
+    for slot in config.slots:
+        if not isinstance(slot, PyOcdSlot | UartSlot):
+            raise TypeError(f"slot {slot.name}: backend {slot.backend} needs fixture.backend "
+                             "= 'sim'")
+        programmers[slot.name] = build_programmer(slot, pin_factory=None)
+    return Hardware(fixture=fixture, programmers=programmers)
+
+
+@dataclass
+class StationParts:
+    """The running station's parts, exposed for the demo and the tests."""
+
+    station: Station
+    link: Link
+    jobs: JobBook
+    outbox: Outbox
+    status: StatusBoard
+
+
+def assemble(config: StationConfig, hardware: Hardware, store: StationStore) -> StationParts:
+    """Wire the station's parts together (no I/O)."""
+    station_id = config.station.id
+    outbox = Outbox(store)
+    jobs = JobBook(store, station_id=station_id)
+    status = StatusBoard(station_id)
+    images = LocalImages()
+    limits = StationLimits(
+        outbox_max_records=config.limits.outbox_max_records,
+        min_free_disk_mb=config.limits.min_free_disk_mb,
+        unit_timeout_s=config.limits.unit_timeout_s,
+        power_settle_s=config.fixture.power_settle_ms / 1000,
+        disk_path=config.storage.dir)
+    station = Station(station_id=station_id, fixture=hardware.fixture,
+                      programmers=hardware.programmers, store=store, jobs=jobs, outbox=outbox,
+                      status=status, limits=limits, images=images)
+    intake = JobIntake(jobs=jobs, images=images, max_bytes=config.limits.max_message_bytes)
+    broker = config.broker
+    tls = broker.tls
+    endpoint = BrokerEndpoint(host=broker.host, port=broker.port, keepalive_s=broker.keepalive_s,
+                              ca=tls.ca if tls else None, cert=tls.cert if tls else None,
+                              key=tls.key if tls else None)
+    link = Link(endpoint=endpoint, station_id=station_id, outbox=outbox, status=status,
+                on_job=intake.handle, ack_timeout_s=config.limits.record_ack_timeout_s,
+                session_expiry_s=broker.session_expiry_s,
+                max_message_bytes=config.limits.max_message_bytes,
+                backoff=Backoff(base=broker.reconnect_min_s, cap=broker.reconnect_max_s))
+    return StationParts(station=station, link=link, jobs=jobs, outbox=outbox, status=status)
+
+
+async def serve(config: StationConfig, hardware: Hardware, *, notifier: Notifier | None = None,
+                started: Callable[[StationParts], None] | None = None) -> None:
+    """Run the station until cancelled; the fixture ends in its safe state."""
+    notifier = notifier or Notifier()
+    store = await StationStore.open(config.storage.database)
+    try:
+        parts = assemble(config, hardware, store)
+        await parts.jobs.load()
+        async with asyncio.TaskGroup() as group:
+            station_task = group.create_task(parts.station.run(), name="station")
+            group.create_task(parts.link.run(), name="link")
+            group.create_task(notifier.watchdog(lambda: not station_task.done()),
+                              name="watchdog")
+            notifier.send("READY=1")
+            if started is not None:
+                started(parts)
+    finally:
+        notifier.send("STOPPING=1")
+        hardware.fixture.close()
+        for close in hardware.closers:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+        await store.close()
+
+
+async def run_until_signalled(config: StationConfig) -> None:
+    """The service's main: serve until SIGTERM/SIGINT, letting a unit in progress finish as FAIL."""
+    hardware = await build_hardware(config)
+    parts_box: list[StationParts] = []
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+
+    async def shutdown() -> None:
+        if parts_box:
+            await parts_box[0].station.stop(FailureCode.ABORTED, grace_s=SHUTDOWN_GRACE_S)
+        task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: loop.create_task(shutdown()))
+    with contextlib.suppress(asyncio.CancelledError):
+        await serve(config, hardware, started=parts_box.append)

@@ -1,0 +1,231 @@
+"""The unit cycle for one slot: an explicit state machine over the Programmer protocol.
+
+Order (``domain.md``, "One unit, in order"): connect, unique id, serial, invalidate the valid flag,
+images in order (bootloader, application, file system, manufacturing), read-back SHA-256 of every
+region, valid flag only after all regions verified, optional lock last, disconnect. The fixture
+stages around it (clamp, power) belong to :mod:`agent.station`. This module never imports gpiozero,
+pyocd or aiomqtt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from agent import __version__, mfgdata
+from agent.errors import FailureCode, UnitFailure
+from agent.hw.programmer import ConnectOptions, Programmer, Region, ValidFlag
+from agent.messages import Failure, ImageResult, ImageSpec, Job, StageTiming, UnitRecord
+
+
+class Stage(StrEnum):
+    """Stages of a unit, in the order they may happen."""
+
+    CLAMP = "clamp"
+    POWER_ON = "power_on"
+    CONNECT = "connect"
+    IDENTIFY = "identify"
+    SERIALIZE = "serialize"
+    INVALIDATE = "invalidate"
+    PROGRAM = "program"
+    VERIFY = "verify"
+    SET_VALID = "set_valid"
+    LOCK = "lock"
+    DISCONNECT = "disconnect"
+    POWER_OFF = "power_off"
+
+
+ORDER = list(Stage)
+# After a failure only DISCONNECT and POWER_OFF may follow (the way out); otherwise forward only.
+EXITS = {Stage.DISCONNECT, Stage.POWER_OFF}
+
+
+class IllegalTransition(RuntimeError):
+    """A bug: the cycle tried to move between stages out of order."""
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    """Everything a unit needs that does not depend on the board: the job and its image bytes."""
+
+    job: Job
+    images: dict[str, bytes]
+    manifest_digest: str
+    station_id: str
+
+
+@dataclass
+class UnitRun:
+    """One unit in one slot: its stage, timings, results, and the failure if any."""
+
+    slot: str
+    plan: UnitPlan
+    record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    stage: Stage | None = None
+    serial: str | None = None
+    chip_uid: str | None = None
+    failure: UnitFailure | None = None
+    aborted: bool = False
+    valid_flag_set: bool = False
+    locked: bool = False
+    recovered_locked_part: bool = False
+    images: dict[str, ImageResult] = field(default_factory=dict)
+    timings: list[StageTiming] = field(default_factory=list)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    _stage_t0: float = 0.0
+
+    def enter(self, stage: Stage) -> None:
+        """Move to ``stage``; raises IllegalTransition when that is not the next legal stage."""
+        if self.stage is not None:
+            forward = ORDER.index(stage) > ORDER.index(self.stage)
+            if not forward or (self.failure is not None and stage not in EXITS):
+                raise IllegalTransition(f"{self.slot}: {self.stage} -> {stage}")
+            self._close_stage(ok=self.failure is None)
+        self.stage = stage
+        self._stage_t0 = time.perf_counter()
+
+    def _close_stage(self, *, ok: bool) -> None:
+        assert self.stage is not None
+        elapsed = (time.perf_counter() - self._stage_t0) * 1000
+        self.timings.append(StageTiming(stage=self.stage.value, duration_ms=round(elapsed, 3),
+                                        ok=ok))
+
+    def fail(self, failure: UnitFailure, *, aborted: bool = False) -> None:
+        """Record the first failure; later ones (cleanup after an abort) do not overwrite it."""
+        if self.failure is None:
+            self.failure = failure
+            self.aborted = aborted
+
+    def finish(self) -> None:
+        """Close the last stage's timing."""
+        if self.stage is not None:
+            self._close_stage(ok=self.failure is None)
+            self.stage = None
+
+    @property
+    def passed(self) -> bool:
+        """True when every stage succeeded."""
+        return self.failure is None and self.valid_flag_set
+
+    def to_record(self, seq: int) -> UnitRecord:
+        """The traceability record, with the sequence number the outbox assigned."""
+        job = self.plan.job
+        failure = None
+        if self.failure is not None:
+            failure = Failure(code=self.failure.code.value, stage=self.failure.stage,
+                              detail=self.failure.detail, region=self.failure.region)
+        return UnitRecord(
+            record_id=self.record_id, seq=seq, station=self.plan.station_id, slot=self.slot,
+            job_id=job.job_id, product=job.product, serial=self.serial, chip_uid=self.chip_uid,
+            firmware_set_id=job.firmware_set.set_id, manifest_digest=self.plan.manifest_digest,
+            images=tuple(self.images.values()), started_at=self.started_at,
+            finished_at=datetime.now(UTC), stages=tuple(self.timings),
+            outcome="pass" if self.passed else "fail",
+            routing="ship" if self.passed else "rework", failure=failure, aborted=self.aborted,
+            valid_flag_set=self.valid_flag_set, lock_requested=job.lock, locked=self.locked,
+            recovered_locked_part=self.recovered_locked_part, agent_version=__version__,
+        )
+
+
+TakeSerial = Callable[[str, str | None], Awaitable[str | None]]
+
+
+def _planned_images(run: UnitRun) -> list[tuple[ImageSpec, bytes]]:
+    images = run.plan.job.firmware_set.ordered_images()
+    return [(spec, run.plan.images[spec.name]) for spec in images]
+
+
+def _manufacturing(run: UnitRun) -> tuple[ImageSpec, bytes] | None:
+    fs = run.plan.job.firmware_set
+    if fs.manufacturing is None:
+        return None
+    fields = {"serial": run.serial or "", "chip_uid": run.chip_uid or "",
+              "product": fs.product, "job_id": run.plan.job.job_id,
+              "station": run.plan.station_id, "slot": run.slot,
+              "programmed_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    try:
+        data = mfgdata.build(size=fs.manufacturing.size, fields=fields)
+    except mfgdata.ManufacturingDataTooLarge as exc:
+        raise UnitFailure(code=FailureCode.INTERNAL, stage=Stage.SERIALIZE, detail=str(exc),
+                          region="manufacturing") from None
+    spec = ImageSpec(name="manufacturing", role="manufacturing",
+                     address=fs.manufacturing.address, size=fs.manufacturing.size,
+                     sha256=hashlib.sha256(data).hexdigest(),
+                     version=f"mfgdata-{mfgdata.FORMAT_VERSION}",
+                     key_ref="unsigned:station-generated", url="station:generated")
+    return spec, data
+
+
+def _result(spec: ImageSpec) -> ImageResult:
+    return ImageResult(name=spec.name, role=spec.role, version=spec.version,
+                       address=spec.address, size=spec.size, sha256=spec.sha256,
+                       key_ref=spec.key_ref)
+
+
+async def program_unit(run: UnitRun, programmer: Programmer, *, take_serial: TakeSerial) -> None:
+    """Run the slot's stages from CONNECT through LOCK; raises UnitFailure or ProgrammerError."""
+    job = run.plan.job
+    fs = job.firmware_set
+    target = fs.target.pyocd_target or fs.target.bootloader or fs.target.family
+    run.enter(Stage.CONNECT)
+    connection = await programmer.connect(ConnectOptions(target=target,
+                                                         recover_locked=job.recover_locked))
+    run.recovered_locked_part = connection.recovered_locked_part
+
+    run.enter(Stage.IDENTIFY)
+    run.chip_uid = await programmer.read_unique_id()
+
+    run.enter(Stage.SERIALIZE)
+    run.serial = await take_serial(run.slot, run.chip_uid)
+    if run.serial is None:
+        raise UnitFailure(code=FailureCode.SERIALS_EXHAUSTED, stage=Stage.SERIALIZE,
+                          detail=f"job {job.job_id} has no serials left")
+    planned = _planned_images(run)
+    manufacturing = _manufacturing(run)
+    if manufacturing is not None:
+        planned.append(manufacturing)
+    for spec, _ in planned:
+        run.images[spec.name] = _result(spec)
+
+    flag = ValidFlag(kind=fs.valid_flag.kind, address=fs.valid_flag.address,
+                     value=fs.valid_flag.value)
+    run.enter(Stage.INVALIDATE)  # a half-programmed board must never look valid
+    await programmer.erase(Region("valid-flag", flag.address, 4))
+
+    run.enter(Stage.PROGRAM)
+    for spec, data in planned:
+        await programmer.write(Region(spec.name, spec.address, spec.size), data)
+
+    run.enter(Stage.VERIFY)
+    await _verify(run, programmer, planned)
+
+    run.enter(Stage.SET_VALID)
+    await programmer.set_valid_flag(flag)
+    run.valid_flag_set = True
+
+    if job.lock:
+        run.enter(Stage.LOCK)
+        await programmer.lock()
+        run.locked = True
+
+
+async def _verify(run: UnitRun, programmer: Programmer,
+                  planned: list[tuple[ImageSpec, bytes]]) -> None:
+    """Read every region back; record each result; fail naming every region that differs."""
+    bad = []
+    for spec, _ in planned:
+        readback = await programmer.read(Region(spec.name, spec.address, spec.size))
+        digest = hashlib.sha256(readback).hexdigest()
+        ok = digest == spec.sha256
+        run.images[spec.name] = run.images[spec.name].model_copy(
+            update={"readback_sha256": digest, "verified": ok})
+        if not ok:
+            bad.append(spec.name)
+    if bad:
+        raise UnitFailure(code=FailureCode.VERIFY_MISMATCH, stage=Stage.VERIFY,
+                          detail=f"read-back SHA-256 differs in {', '.join(bad)}", region=bad[0])

@@ -1,0 +1,153 @@
+"""`fixture-agent demo`: broker, recorder and a simulated station, N units end to end.
+
+It exits 0 only when every unit's record is stored by the recorder and acknowledged back to the
+station (the outbox is empty), and prints the trace of one serial as the buyer would ask for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.app import StationParts, build_hardware, serve
+from agent.commands.recorder import format_trace
+from agent.config import StationConfig, parse_config
+from agent.demo.images import demo_firmware_set, demo_job, write_images
+from agent.messages import UnitRecord
+from agent.mqtt import BrokerEndpoint
+from agent.plant.publish import publish_retained
+from agent.recorder import (
+    Recorder,
+    RecordStore,
+    find_by_serial,
+    missing_sequences,
+    open_record_db,
+)
+from agent.sim.broker import LocalBroker
+from agent.topics import StationTopics
+
+ACK_WAIT_S = 60.0
+
+
+def demo_config(*, workdir: Path, broker_port: int, backend: str) -> StationConfig:
+    """The embedded demo configuration with this run's broker port, folders and slot backend."""
+    raw: dict[str, Any] = tomllib.loads(
+        resources.files("agent.demo").joinpath("station.toml").read_text())
+    raw["broker"]["port"] = broker_port
+    raw["storage"]["dir"] = str(workdir / "station")
+    raw["simulation"]["board_dir"] = str(workdir / "boards")
+    if backend == "sim-flash":
+        raw["slots"] = [{"name": "a", "backend": "sim-flash"}]
+    return parse_config(raw, source="demo", base=workdir)
+
+
+@dataclass
+class DemoResult:
+    """What the demo saw."""
+
+    records: list[UnitRecord]
+    acknowledged: bool
+    missing: list[int]
+
+
+class Demo:
+    """Runs one demo scenario and reports to ``out``."""
+
+    def __init__(self, *, units: int, workdir: Path, backend: str, out: TextIO) -> None:
+        self.units = units
+        self.workdir = workdir
+        self.backend = backend
+        self.out = out
+        self.records: list[UnitRecord] = []
+        self._recorder: Recorder
+
+    def say(self, line: str) -> None:
+        """One line of demo output."""
+        print(line, file=self.out, flush=True)
+
+    async def run(self) -> DemoResult:
+        """Broker, recorder, station; publish the job; cycle the units; wait for the acks."""
+        broker = LocalBroker(self.workdir / "broker")
+        await broker.start()
+        self.say(f"broker: mosquitto on 127.0.0.1:{broker.port}")
+        db = await open_record_db(self.workdir / "plant" / "records.db")
+        endpoint = BrokerEndpoint(host="127.0.0.1", port=broker.port)
+        recorder = self._recorder = Recorder(endpoint=endpoint, store=RecordStore(db))
+        config = demo_config(workdir=self.workdir, broker_port=broker.port, backend=self.backend)
+        hardware = await build_hardware(config)
+        started: asyncio.Future[StationParts] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.TaskGroup() as group:
+                recorder_task = group.create_task(recorder.run(), name="recorder")
+                station_task = group.create_task(
+                    serve(config, hardware, started=started.set_result), name="station")
+                parts = await started
+                parts.station.record_listeners.append(self._on_record)
+                result = await self._scenario(config, parts, hardware.sim, endpoint, db)
+                station_task.cancel()
+                recorder_task.cancel()
+            return result
+        finally:
+            await db.close()
+            await broker.stop()
+
+    def _on_record(self, record: UnitRecord) -> None:
+        self.records.append(record)
+        total = sum(s.duration_ms for s in record.stages)
+        verdict = record.outcome.upper()
+        if record.failure is not None:
+            verdict += f" {record.failure.code} at {record.failure.stage}"
+        self.say(f"unit {len(self.records):>3}: serial {record.serial} chip {record.chip_uid} "
+                 f"slot {record.slot}: {verdict} in {total:.0f} ms (record seq {record.seq})")
+
+    async def _scenario(self, config: StationConfig, parts: StationParts, sim: Any,
+                        endpoint: BrokerEndpoint, db: Any) -> DemoResult:
+        await asyncio.wait_for(parts.link.connected.wait(), 10)
+        await asyncio.wait_for(self._recorder.connected.wait(), 10)
+        images = write_images(self.workdir / "images")
+        firmware_set = demo_firmware_set(images, uicr_flag=self.backend == "pyocd")
+        job = demo_job(firmware_set, job_id=f"demo-{int(time.time())}", station=config.station.id,
+                       units=self.units)
+        await publish_retained(endpoint, StationTopics(config.station.id).job,
+                               json.dumps(job).encode(), client_id="plant-demo")
+        self.say(f"job {job['job_id']}: {self.units} x {job['product']} with firmware set "
+                 f"{firmware_set['set_id']}")
+        t0 = time.monotonic()
+        await sim.operator.run(self.units)
+        elapsed = time.monotonic() - t0
+        acknowledged = await self._wait_for_acks(parts)
+        missing = await missing_sequences(db, config.station.id)
+        passed = sum(r.outcome == "pass" for r in self.records)
+        self.say(f"summary: {len(self.records)} units in {elapsed:.1f} s, {passed} pass, "
+                 f"{len(self.records) - passed} fail; outbox "
+                 f"{'empty: every record acknowledged' if acknowledged else 'NOT drained'}; "
+                 f"sequence gaps: {missing or 'none'}")
+        if self.records and self.records[-1].serial:
+            serial = self.records[-1].serial
+            self.say(f"\n$ fixture-agent trace {serial} --db {self.workdir}/plant/records.db")
+            self.say(format_trace(await find_by_serial(db, serial)))
+        return DemoResult(records=self.records, acknowledged=acknowledged, missing=missing)
+
+    async def _wait_for_acks(self, parts: StationParts) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ACK_WAIT_S):
+                while await parts.outbox.depth() > 0:  # noqa: ASYNC110 (a row count)
+                    await asyncio.sleep(0.05)
+                return True
+        return False
+
+
+def run_demo(*, units: int, workdir: Path, backend: str) -> int:
+    """Run the demo; 0 only when all ``units`` records were acknowledged without gaps."""
+    result = asyncio.run(Demo(units=units, workdir=workdir, backend=backend,
+                              out=sys.stdout).run())
+    ok = result.acknowledged and len(result.records) == units and not result.missing
+    return 0 if ok else 1

@@ -1,0 +1,156 @@
+"""The station's MQTT link: connect, reconnect, deliver records, take jobs and acks, show status.
+
+aiomqtt never reconnects by itself: :meth:`Link.run` re-enters the client with capped, jittered
+backoff. While the broker is away the line keeps programming (records wait in the outbox) and they
+drain oldest first once the link is back. A record leaves the outbox only when the recorder's ack
+names it; one that was published but not acknowledged within ``ack_timeout_s`` is sent again (the
+recorder stores by record id, so a repeat is harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import aiomqtt
+
+from agent.errors import BadMessage, FirmwareSetError
+from agent.messages import RecordAck, Reject
+from agent.mqtt import Backoff, BrokerEndpoint, CheckedClient, PublishRefused, make_client
+from agent.outbox import Outbox, PendingRecord
+from agent.status import StatusBoard
+from agent.topics import StationTopics
+from agent.wire import encode, parse_inbound
+
+log = logging.getLogger(__name__)
+
+WINDOW = 200  # records in flight (published, not yet acknowledged) at most
+BATCH = 20  # publishes awaited together
+Handler = Callable[[bytes], Awaitable[object]]
+
+
+class Link:
+    """One station's connection to the plant broker."""
+
+    def __init__(self, *, endpoint: BrokerEndpoint, station_id: str, outbox: Outbox,
+                 status: StatusBoard, on_job: Handler, ack_timeout_s: float,
+                 session_expiry_s: int, max_message_bytes: int,
+                 backoff: Backoff) -> None:
+        self._endpoint = endpoint
+        self._topics = StationTopics(station_id)
+        self._station_id = station_id
+        self._outbox = outbox
+        self._outbox_changed = outbox.watch()
+        self._status = status
+        self._handlers: dict[str, Handler] = {self._topics.job: on_job,
+                                              self._topics.acks: self._on_ack}
+        self._ack_timeout_s = ack_timeout_s
+        self._session_expiry_s = session_expiry_s
+        self._max_bytes = max_message_bytes
+        self._backoff = backoff
+        self._sent_at: dict[int, float] = {}
+        self.connected = asyncio.Event()
+
+    def add_handler(self, topic: str, handler: Handler) -> None:
+        """Route messages on ``topic`` (subscribed at every connect) to ``handler``."""
+        self._handlers[topic] = handler
+
+    async def run(self) -> None:
+        """Stay connected until cancelled."""
+        will = aiomqtt.Will(self._topics.status, encode(self._status.offline()), qos=1,
+                            retain=True)
+        while True:
+            client = make_client(self._endpoint, client_id=self._station_id, will=will,
+                                 persistent=True, session_expiry_s=self._session_expiry_s,
+                                 max_packet_bytes=self._max_bytes + 4096)
+            started = time.monotonic()
+            try:
+                async with client:
+                    log.info("connected to %s:%d", self._endpoint.host, self._endpoint.port)
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                log.warning("broker link down: %s", exc)
+            finally:
+                self.connected.clear()
+                self._sent_at.clear()  # after a reconnect everything unacknowledged goes again
+            if time.monotonic() - started > 30:
+                self._backoff.reset()
+            await asyncio.sleep(self._backoff.next_delay())
+
+    async def _serve(self, client: CheckedClient) -> None:
+        for topic in self._handlers:
+            await client.subscribe(topic, qos=1)
+        await client.publish_checked(self._topics.status, encode(self._status.snapshot()),
+                                     retain=True)
+        self.connected.set()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._read(client), name="link-read")
+            group.create_task(self._deliver(client), name="link-deliver")
+            group.create_task(self._publish_status(client), name="link-status")
+
+    async def _read(self, client: CheckedClient) -> None:
+        async for message in client.messages:
+            topic = message.topic.value
+            handler = self._handlers.get(topic)
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            if handler is None:
+                log.warning("message on unexpected topic %s ignored", topic)
+                continue
+            try:
+                await handler(payload)
+            except (BadMessage, FirmwareSetError) as exc:
+                await self._reject(client, topic, exc)
+
+    async def _reject(self, client: CheckedClient, topic: str,
+                      exc: BadMessage | FirmwareSetError) -> None:
+        ref = exc.ref if isinstance(exc, BadMessage) else exc.set_id
+        log.warning("rejected message on %s: %s", topic, exc)
+        reject = Reject(station=self._station_id, topic=topic, ref=ref, code=exc.code,
+                        reason=exc.reason, at=datetime.now(UTC))
+        await client.publish_checked(self._topics.rejects, encode(reject))
+
+    async def _on_ack(self, payload: bytes) -> None:
+        ack = parse_inbound(RecordAck, payload, max_bytes=self._max_bytes)
+        await self._outbox.forget(ack.record_ids)
+
+    async def _deliver(self, client: CheckedClient) -> None:
+        while True:
+            due = await self._due()
+            if not due:
+                self._outbox_changed.clear()
+                try:
+                    async with asyncio.timeout(self._ack_timeout_s / 4):
+                        await self._outbox_changed.wait()
+                except TimeoutError:
+                    pass
+                continue
+            for start in range(0, len(due), BATCH):
+                chunk = due[start:start + BATCH]
+                await asyncio.gather(*(self._publish_record(client, r) for r in chunk))
+
+    async def _due(self) -> list[PendingRecord]:
+        pending = await self._outbox.pending(limit=WINDOW)
+        held = {record.seq for record in pending}
+        self._sent_at = {seq: t for seq, t in self._sent_at.items() if seq in held}
+        now = time.monotonic()
+        return [r for r in pending
+                if now - self._sent_at.get(r.seq, -self._ack_timeout_s) >= self._ack_timeout_s]
+
+    async def _publish_record(self, client: CheckedClient, record: PendingRecord) -> None:
+        try:
+            await client.publish_checked(self._topics.records, record.payload)
+        except PublishRefused as exc:
+            # Not authorised or quota: keep the record, say so on the status, retry later.
+            self._status.update(link_error=str(exc))
+            log.error("%s", exc)  # noqa: TRY400 (a refusal, not a crash)
+        self._sent_at[record.seq] = time.monotonic()
+
+    async def _publish_status(self, client: CheckedClient) -> None:
+        while True:
+            await self._status.changed.wait()
+            self._status.changed.clear()
+            await client.publish_checked(self._topics.status, encode(self._status.snapshot()),
+                                         retain=True)

@@ -1,0 +1,120 @@
+"""aiomqtt with what production needs on top: PUBACK reason codes, v5 sessions, TLS, backoff.
+
+aiomqtt 2.x waits for a QoS 1 PUBACK but throws its reason code away, so a publish the broker
+refused (0x87 Not authorized under an ACL) looks like success. :class:`CheckedClient` keeps the
+reason code per message id and :meth:`CheckedClient.publish_checked` raises on a refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.errors import AgentError
+
+
+class PublishRefused(AgentError):
+    """The broker answered a QoS 1 publish with a failure reason code."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        self.topic = topic
+        self.reason = reason
+        super().__init__(f"broker refused publish to {topic}: {reason}")
+
+
+@dataclass(frozen=True)
+class BrokerEndpoint:
+    """Where and how to reach a broker."""
+
+    host: str
+    port: int
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    keepalive_s: int = 30
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """A verifying TLS context, or None for plain TCP (loopback demos and tests only)."""
+        if self.ca is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
+        if self.cert is not None and self.key is not None:
+            context.load_cert_chain(str(self.cert), str(self.key))
+        return context
+
+
+class CheckedClient(aiomqtt.Client):
+    """An aiomqtt client whose QoS 1 publishes report the broker's reason code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reasons: dict[int, asyncio.Future[Any]] = {}
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
+                    properties: Any) -> None:
+        waiter = self._reasons.pop(mid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(reason_code)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_checked(self, topic: str, payload: bytes, *, retain: bool = False,
+                              timeout: float = 10.0) -> None:
+        """Publish at QoS 1 and wait for a successful PUBACK; raise PublishRefused otherwise."""
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        info = self._client.publish(topic, payload, 1, retain)
+        if info.rc != 0:
+            raise aiomqtt.MqttCodeError(info.rc, f"could not publish to {topic}")
+        self._reasons[info.mid] = waiter
+        try:
+            async with asyncio.timeout(timeout):
+                reason = await waiter
+        except TimeoutError:
+            raise aiomqtt.MqttError(f"no PUBACK for {topic} within {timeout} s") from None
+        finally:
+            self._reasons.pop(info.mid, None)
+        if getattr(reason, "is_failure", False):
+            raise PublishRefused(topic, str(reason))
+
+
+def make_client(endpoint: BrokerEndpoint, *, client_id: str, will: aiomqtt.Will | None = None,
+                persistent: bool = False, session_expiry_s: int = 0,
+                max_packet_bytes: int | None = None) -> CheckedClient:
+    """A v5 client; ``persistent`` keeps the broker-side session across reconnects."""
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    if persistent and session_expiry_s:
+        properties.SessionExpiryInterval = session_expiry_s
+    if max_packet_bytes:
+        properties.MaximumPacketSize = max_packet_bytes
+    tls = endpoint.tls_context()
+    return CheckedClient(
+        endpoint.host, endpoint.port, identifier=client_id,
+        protocol=aiomqtt.ProtocolVersion.V5, keepalive=endpoint.keepalive_s, will=will,
+        clean_start=not persistent, properties=properties, tls_context=tls, timeout=10.0,
+    )
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: delays in [d/2, d], d doubling up to ``cap``."""
+
+    def __init__(self, *, base: float, cap: float) -> None:
+        self._base = base
+        self._cap = cap
+        self._attempt = 0
+
+    def reset(self) -> None:
+        """Back to the shortest delay (after a connection that held)."""
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt."""
+        ceiling = min(self._cap, self._base * 2 ** min(self._attempt, 30))
+        self._attempt += 1
+        return random.uniform(ceiling / 2, ceiling)

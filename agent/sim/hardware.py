@@ -1,0 +1,77 @@
+"""Builds the simulated fixture for a station whose config says ``fixture.backend = "sim"``.
+
+The fixture is the real :class:`~agent.hw.fixture.GpioFixture` on MockFactory pins. Slots get a
+simulated board behind their configured backend: ``sim-flash`` an in-memory target, ``pyocd`` a
+virtual nRF52840 behind the ``sim`` pyOCD probe plugin, ``stm32-uart`` an AN3155 bootloader
+simulator serving the slot's port path on a pty. The programmers of pyocd and uart slots are the
+real backends: only what sits behind the probe or the serial port is simulated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.config import PyOcdSlot, SimFlashSlot, StationConfig, UartSlot
+from agent.hw.fixture import GpioFixture
+from agent.hw.programmer import Programmer
+from agent.sim.fixture import SimBay, SimulatedOperator, mock_pin_factory
+from agent.sim.flash_target import SimFlashBay, SimFlashProgrammer
+
+BuildProgrammer = Callable[..., Programmer]
+
+
+@dataclass
+class SimulatedFixture:
+    """The simulated devices of a station: pins, operator, one bay per slot."""
+
+    factory: Any
+    operator: SimulatedOperator
+    bays: dict[str, SimBay]
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        """Stop simulators that serve ports."""
+        for close in self.closers:
+            result = close()
+            if hasattr(result, "__await__"):
+                await result
+
+
+async def build_simulated_hardware(
+    config: StationConfig, build_programmer: BuildProgrammer
+) -> tuple[GpioFixture, dict[str, Programmer], SimulatedFixture]:
+    """The fixture, the slots' programmers and the simulated devices behind them."""
+    factory = mock_pin_factory()
+    pins = config.fixture.pins
+    fixture = GpioFixture(pins=pins, pin_factory=factory, bounce_ms=config.fixture.clamp_bounce_ms,
+                          settle_ms=config.fixture.clamp_settle_ms)
+
+    def powered() -> bool:
+        return bool(factory.pin(pins.dut_power).state)
+
+    programmers: dict[str, Programmer] = {}
+    bays: dict[str, SimBay] = {}
+    closers: list[Callable[[], Any]] = []
+    for slot in config.slots:
+        if isinstance(slot, SimFlashSlot):
+            bay = SimFlashBay(flash_size=slot.flash_size, page_size=slot.page_size,
+                              powered=powered)
+            bays[slot.name] = bay
+            programmers[slot.name] = SimFlashProgrammer(bay)
+        elif isinstance(slot, PyOcdSlot):
+            from agent.sim.nrf52840.bay import Nrf52840Bay
+
+            bays[slot.name] = Nrf52840Bay.for_slot(slot, config.simulation, powered=powered)
+            programmers[slot.name] = build_programmer(slot, pin_factory=factory)
+        elif isinstance(slot, UartSlot):
+            from agent.sim.stm32_bootloader.bay import Stm32Bay
+
+            uart_bay = await Stm32Bay.start_for_slot(slot, powered=powered)
+            closers.append(uart_bay.stop)
+            bays[slot.name] = uart_bay
+            programmers[slot.name] = build_programmer(slot, pin_factory=factory)
+    operator = SimulatedOperator(factory=factory, pins=pins, bays=list(bays.values()))
+    return fixture, programmers, SimulatedFixture(factory=factory, operator=operator, bays=bays,
+                                                  closers=closers)

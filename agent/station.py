@@ -1,0 +1,272 @@
+"""The station: waits for a board, runs one unit per slot, stores the records, lights the lamp.
+
+It owns the fixture-level stages (clamp, power, power off and release) and the one supervising
+boundary where any exception of a slot becomes that unit's failure. Interlock and timeouts abort a
+unit by asking each programmer to abort (closing its session) after the fixture has already cut DUT
+power; the in-flight operation then fails on its own, no thread is left running behind a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.cycle import Stage, UnitPlan, UnitRun, program_unit
+from agent.errors import FailureCode, FirmwareSetError, ProgrammerError, UnitFailure
+from agent.hw.fixture import Fixture, FixtureFault, Lamp
+from agent.hw.programmer import Programmer
+from agent.images import LocalImages, manifest_digest
+from agent.jobs import InterruptedUnit, JobBook
+from agent.messages import UnitRecord
+from agent.outbox import Outbox
+from agent.status import StatusBoard
+from agent.store import StationStore
+from agent.wire import encode
+
+log = logging.getLogger(__name__)
+
+RECHECK_S = 5.0  # how often blocked conditions that raise no event (free disk) are re-read
+
+
+@dataclass(frozen=True)
+class StationLimits:
+    """When to stop starting new units, and how long one may take."""
+
+    outbox_max_records: int
+    min_free_disk_mb: int
+    unit_timeout_s: float
+    power_settle_s: float
+    disk_path: Path
+
+
+class Station:
+    """The per-fixture supervisor: one unit cycle at a time, every slot in parallel."""
+
+    def __init__(self, *, station_id: str, fixture: Fixture, programmers: dict[str, Programmer],
+                 store: StationStore, jobs: JobBook, outbox: Outbox, status: StatusBoard,
+                 limits: StationLimits, images: LocalImages) -> None:
+        self._id = station_id
+        self._fixture = fixture
+        self._programmers = programmers
+        self._store = store
+        self._jobs = jobs
+        self._outbox = outbox
+        self._status = status
+        self._limits = limits
+        self._images = images
+        self._plans: dict[str, UnitPlan] = {}
+        self._plan_errors: dict[str, str] = {}
+        self._abort_code: FailureCode | None = None
+        self._running = False
+        self._background: set[asyncio.Task[None]] = set()
+        self._outbox_changed = outbox.watch()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self.units_done = 0
+        self.record_listeners: list[Callable[[UnitRecord], None]] = []
+
+    async def run(self) -> None:
+        """Serve units until cancelled; the fixture is left in its safe state."""
+        self._fixture.safe_state()
+        self._fixture.show(Lamp.OFF)
+        self._fixture.on_interlock_open(lambda: self.abort(FailureCode.INTERLOCK_OPEN))
+        await self._record_interrupted_units()
+        try:
+            while True:
+                await self._wait_until_ready()
+                await self._fixture.wait_for_board()
+                if self._stopping or await self.refresh():
+                    await asyncio.sleep(0.1)
+                    continue
+                await self._cycle()
+                await self._fixture.wait_for_removal()
+                self._fixture.show(Lamp.OFF)
+        finally:
+            self._fixture.safe_state()
+
+    def abort(self, code: FailureCode) -> None:
+        """Abort the unit in progress (interlock, timeout, shutdown); no-op between units."""
+        if not self._running or self._abort_code is not None:
+            return
+        log.warning("aborting unit: %s", code)
+        self._abort_code = code
+        for programmer in self._programmers.values():
+            task = asyncio.get_running_loop().create_task(programmer.abort())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def stop(self, code: FailureCode, *, grace_s: float) -> None:
+        """Start no new unit; abort the one in progress and wait (bounded) for its record."""
+        self._stopping = True
+        self.abort(code)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await self._idle.wait()
+
+    async def refresh(self) -> list[str]:
+        """Re-evaluate why the station cannot start a unit; publishes it; returns the reasons."""
+        blocked = []
+        view = self._jobs.current
+        if view is None:
+            blocked.append("no job")
+        elif not view.runnable:
+            blocked.append(f"job {view.job.job_id} is {view.state}")
+        else:
+            plan_problem = await self._ensure_plan()
+            if plan_problem:
+                blocked.append(plan_problem)
+        depth = await self._outbox.depth()
+        if depth >= self._limits.outbox_max_records:
+            blocked.append(f"outbox holds {depth} unacknowledged records "
+                           f"(limit {self._limits.outbox_max_records})")
+        free_mb = (await asyncio.to_thread(shutil.disk_usage, self._limits.disk_path)).free >> 20
+        if free_mb < self._limits.min_free_disk_mb:
+            blocked.append(f"free disk {free_mb} MB below {self._limits.min_free_disk_mb} MB")
+        self._status.update(accepting_units=not blocked, blocked=tuple(blocked),
+                            job=view.progress() if view else None, outbox_depth=depth,
+                            last_seq=await self._outbox.last_seq())
+        return blocked
+
+    async def _ensure_plan(self) -> str | None:
+        view = self._jobs.current
+        assert view is not None
+        job = view.job
+        if job.job_id in self._plans:
+            return None
+        try:
+            images = await self._images.load(job.firmware_set)
+        except FirmwareSetError as exc:
+            self._plan_errors[job.job_id] = exc.reason
+            return f"images of {job.firmware_set.set_id} unusable: {exc.reason}"
+        self._plans = {job.job_id: UnitPlan(job=job, images=images,
+                                            manifest_digest=manifest_digest(job.firmware_set),
+                                            station_id=self._id)}
+        return None
+
+    async def _wait_until_ready(self) -> None:
+        while await self.refresh():
+            waiters = [asyncio.ensure_future(event.wait())
+                       for event in (self._jobs.changed, self._outbox_changed)]
+            await asyncio.wait(waiters, timeout=RECHECK_S, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+            self._jobs.changed.clear()
+            self._outbox_changed.clear()
+
+    async def _cycle(self) -> None:
+        view = self._jobs.current
+        assert view is not None
+        plan = self._plans[view.job.job_id]
+        runs = {slot: UnitRun(slot=slot, plan=plan) for slot in self._programmers}
+        self._abort_code = None
+        self._running = True
+        self._idle.clear()
+        timer = asyncio.get_running_loop().call_later(self._limits.unit_timeout_s, self.abort,
+                                                      FailureCode.TIMEOUT)
+        self._fixture.show(Lamp.BUSY)
+        try:
+            if await self._power_up(runs):
+                async with asyncio.TaskGroup() as group:
+                    for slot, run in runs.items():
+                        group.create_task(self._slot_unit(run, self._programmers[slot]),
+                                          name=f"unit-{slot}")
+        finally:
+            timer.cancel()
+            for run in runs.values():
+                run.enter(Stage.POWER_OFF)
+            self._fixture.safe_state()
+            self._running = False
+        for run in runs.values():
+            run.finish()
+            await self._commit(run)
+        self.units_done += 1
+        passed = all(run.passed for run in runs.values())
+        self._fixture.show(Lamp.PASS if passed else Lamp.FAIL)  # only after the records are stored
+        self._idle.set()
+        await self.refresh()
+
+    async def _power_up(self, runs: dict[str, UnitRun]) -> bool:
+        for stage, action in ((Stage.CLAMP, self._fixture.engage_clamp),
+                              (Stage.POWER_ON, self._fixture.power_on)):
+            for run in runs.values():
+                run.enter(stage)
+            try:
+                action()
+            except FixtureFault as exc:
+                for run in runs.values():
+                    run.fail(UnitFailure(code=exc.code, stage=stage, detail=str(exc)),
+                             aborted=True)
+                return False
+        await asyncio.sleep(self._limits.power_settle_s)
+        return True
+
+    async def _slot_unit(self, run: UnitRun, programmer: Programmer) -> None:
+        """The supervising boundary of one slot: every exception becomes the unit's failure."""
+        try:
+            await program_unit(run, programmer, take_serial=self._take_serial)
+            self._raise_if_aborted(run)  # aborted after the last programmer call returned
+        except UnitFailure as failure:
+            run.fail(failure, aborted=self._abort_code is not None)
+        except ProgrammerError as exc:
+            code = self._abort_code or exc.code
+            run.fail(UnitFailure(code=code, stage=str(run.stage), detail=str(exc),
+                                 region=exc.region), aborted=self._abort_code is not None)
+        except Exception as exc:
+            log.exception("slot %s: unexpected error in stage %s", run.slot, run.stage)
+            run.fail(UnitFailure(code=FailureCode.INTERNAL, stage=str(run.stage),
+                                 detail=f"{type(exc).__name__}: {exc}"))
+        finally:
+            run.enter(Stage.DISCONNECT)
+            try:
+                await programmer.disconnect()
+            except Exception:
+                log.exception("slot %s: disconnect failed", run.slot)
+
+    def _raise_if_aborted(self, run: UnitRun) -> None:
+        if self._abort_code is not None:
+            raise UnitFailure(code=self._abort_code, stage=str(run.stage), detail="unit aborted")
+
+    async def _take_serial(self, slot: str, chip_uid: str | None) -> str | None:
+        return await self._jobs.take_serial(slot=slot, chip_uid=chip_uid)
+
+    async def _commit(self, run: UnitRun) -> None:
+        records: list[UnitRecord] = []
+
+        def build(seq: int) -> bytes:
+            records.append(run.to_record(seq))
+            return encode(records[-1])
+
+        async with self._store.transaction() as tx:
+            await self._outbox.append(tx, record_id=run.record_id, build=build)
+            await self._jobs.count_unit(tx, job_id=run.plan.job.job_id, slot=run.slot,
+                                        passed=run.passed)
+        record = records[-1]
+        log.info("unit %s slot %s serial %s: %s (record %d)", run.record_id, run.slot,
+                 run.serial, record.outcome, record.seq)
+        for listener in self.record_listeners:
+            listener(record)
+
+    async def _record_interrupted_units(self) -> None:
+        """A unit that held a serial when the station died still gets its (failed) record."""
+        for unit in await self._jobs.interrupted():
+            job = await self._jobs.job(unit.job_id)
+            if job is None:
+                continue
+            run = _interrupted_run(unit, UnitPlan(job=job, images={}, station_id=self._id,
+                                                  manifest_digest=manifest_digest(
+                                                      job.firmware_set)))
+            await self._commit(run)
+
+
+def _interrupted_run(unit: InterruptedUnit, plan: UnitPlan) -> UnitRun:
+    run = UnitRun(slot=unit.slot, plan=plan, serial=unit.serial, chip_uid=unit.chip_uid)
+    run.fail(UnitFailure(code=FailureCode.STATION_RESTART, stage="unknown",
+                         detail="the station stopped while this unit was in progress; "
+                                "its serial stays consumed"), aborted=True)
+    return run
