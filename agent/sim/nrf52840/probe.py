@@ -41,6 +41,7 @@ class _OpenBoard:
         self.core = CoreDebug(self.chip, self.timing)
         self.dp = DebugPort(self.chip, self.core, self.timing)
         self.transfers_left = boards.consume_disconnect(root, uid)
+        self.powered = settings.power_source(uid) or (lambda: True)
 
     def close(self) -> None:
         self.chip.close()
@@ -146,6 +147,9 @@ class SimProbe(DebugProbe):  # type: ignore[misc]
             board = self._board
             if board is None or self._cut:
                 raise exceptions.ProbeDisconnected("simulated probe link is down")
+            if not board.powered():
+                self._cut = True  # the chip lost power: this session is over
+                raise exceptions.ProbeDisconnected("no answer from the target: DUT power is off")
             if board.transfers_left is not None:
                 board.transfers_left -= 1
                 if board.transfers_left < 0:
