@@ -7,8 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from firmware_https import ImageServer, LoopbackCA, serve
-from firmware_support import image_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +14,8 @@ from agent.firmware.fetch import FetchPolicy
 from agent.firmware.imagestore import ImageStore
 from agent.firmware.reasons import ImageError
 from agent.messages import ImageSpec
+from tests.firmware_https import ImageServer, LoopbackCA, serve
+from tests.firmware_support import image_bytes
 
 APP = image_bytes("app", 200_000)
 OTHER = image_bytes("other-set-app", 200_000)

@@ -7,7 +7,6 @@ import json
 from datetime import timedelta
 
 import pytest
-from firmware_support import NOW, Release, manifest_dict, to_bytes, trust_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +14,7 @@ from agent.errors import FirmwareSetError
 from agent.firmware.antirollback import Accepted
 from agent.firmware.manifest import canonical_manifest, manifest_digest
 from agent.firmware.trust import verify_signed_set
+from tests.firmware_support import NOW, Release, manifest_dict, to_bytes, trust_of
 
 OWNER = Release("owner-2030")
 P256 = Release("owner-p256", "ecdsa-p256")

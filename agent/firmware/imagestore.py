@@ -160,6 +160,9 @@ class ImageStore:
             raise ImageError(Reason.DOWNLOAD_FAILED, "the download took too long",
                              image=spec.name, set_id=set_id,
                              expected=f"under {self.policy.attempt_timeout_s} s") from None
+        except OSError as exc:  # the cache's own disk: full, read-only, failing
+            raise ImageError(Reason.STORAGE_ERROR, f"cannot write the cache: {exc}",
+                             image=spec.name, set_id=set_id) from None
         finally:
             _discard(tmp)  # a no-op after the rename; removes a refused or broken download
 

@@ -119,12 +119,15 @@ def verify_signed_set(
     *,
     now: datetime,
     accepted: Mapping[str, Accepted] | None = None,
+    check_window: bool = True,
 ) -> VerifiedSet:
     """Verify ``raw`` (a signed set as published) or raise FirmwareSetError with its reason.
 
     ``accepted`` is the anti-rollback state (``AntiRollbackStore.view()``); None skips that
     check (the plant's verify-set tool has no station state). Recording the acceptance is the
-    caller's job (``AntiRollbackStore.accept``), after this returns.
+    caller's job (``AntiRollbackStore.accept``), after this returns. ``check_window=False``
+    skips not-before/expiry, for sets accepted earlier and read back after a restart (their
+    expiry is checked when a job wants them); ``now`` still applies to key expiry.
     """
     try:
         envelope = parse_inbound(SignedFirmwareSet, raw, max_bytes=MAX_SIGNED_SET_BYTES)
@@ -142,7 +145,8 @@ def verify_signed_set(
     except ValidationError as exc:
         raise refuse(Reason.INVALID_MANIFEST, describe_validation_error(exc),
                      set_id=claimed) from None
-    _check_validity(manifest, now)
+    if check_window:
+        check_validity(manifest, now)
     digest = manifest_digest(canonical)
     if accepted is not None:
         check_sequence(accepted, product=manifest.product, sequence=manifest.sequence,
@@ -207,7 +211,7 @@ def _check_one(
     return None
 
 
-def _check_validity(manifest: FirmwareSetManifest, now: datetime) -> None:
+def check_validity(manifest: FirmwareSetManifest, now: datetime) -> None:
     """Refuse a set outside its validity window (a freeze attack replays an expired one)."""
     if now < manifest.not_before:
         raise refuse(Reason.NOT_YET_VALID, f"valid from {manifest.not_before.isoformat()}, "
