@@ -80,7 +80,7 @@ class AhbAp:
     def write_words(self, values: list[int]) -> None:
         """Block write through DRW with auto-increment, batched."""
         if self._fast_path(len(values)):
-            data = b"".join(v.to_bytes(4, "little") for v in values)
+            data = b"".join((v & 0xFFFFFFFF).to_bytes(4, "little") for v in values)
             self._write_block(self.tar, data)
             self.tar = (self.tar & ~0xFFF) | ((self.tar + len(data)) & 0xFFF)
             return

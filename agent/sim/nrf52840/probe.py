@@ -201,7 +201,9 @@ class SimProbe(DebugProbe):  # type: ignore[misc]
         def write(board: _OpenBoard) -> None:
             ap, register = board.dp.selected_ap(addr)
             if ap is not None:
-                ap.write(register, data)
+                ap.write(
+                    register, data & 0xFFFFFFFF
+                )  # the wire carries 32 bits, whatever pyOCD had
 
         self._transfer(write)
 
@@ -225,6 +227,6 @@ class SimProbe(DebugProbe):  # type: ignore[misc]
                 ap.write_words(list(values))
             elif ap is not None:
                 for value in values:
-                    ap.write(register, value)
+                    ap.write(register, value & 0xFFFFFFFF)
 
         self._transfer(write, words=len(values))
