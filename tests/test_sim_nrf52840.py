@@ -81,9 +81,8 @@ def test_flash_writes_only_clear_bits(root: Path) -> None:
 def test_disconnect_fault_fires_once(root: Path) -> None:
     place_new_board(root, UID)
     inject_disconnect(root, UID, after_transfers=30)
-    with pytest.raises(exceptions.Error):  # noqa: PT012 - open and use are one session
-        with session() as s:  # type: ignore[attr-defined]
-            s.target.read_memory_block8(0, 1024)
+    with pytest.raises(exceptions.Error), session() as s:  # type: ignore[attr-defined]
+        s.target.read_memory_block8(0, 1024)
     with session() as s:  # type: ignore[attr-defined]
         assert len(s.target.read_memory_block8(0, 16)) == 16
 
