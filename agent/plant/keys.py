@@ -80,7 +80,10 @@ def write_key_pair(
 
 def load_private_key(path: Path, passphrase: bytes | None) -> PrivateKey:
     """Read a PEM private key; ValueError if it is not an Ed25519 or P-256 key."""
-    key = serialization.load_pem_private_key(path.read_bytes(), password=passphrase)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=passphrase)
+    except TypeError as exc:  # encrypted without a passphrase, or the other way round
+        raise ValueError(f"{path}: {exc}") from None
     if isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
         alg_of(key)
         return key
