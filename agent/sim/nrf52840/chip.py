@@ -5,8 +5,8 @@ the probe exactly as on a real chip); firmware in flash is never executed. Flash
 board's shared mappings, handed to Unicorn as host memory so that the algorithm reads them at
 native speed. Unicorn cannot give a store NOR-flash semantics, so a write hook computes what the
 flash really holds (AND with the old value, NVMC write-enable, stuck words) and restores it right
-after the store lands: at the next hooked access (the algorithm polls NVMC.READY after every word)
-and when emulation stops.
+after the store lands: at the next hooked write (flash or peripheral) and when emulation stops.
+The algorithm never reads a word back within the run that programs it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from agent.sim.nrf52840.boards import (
     BoardSpec,
     ficr_image,
 )
-from agent.sim.nrf52840.nvmc import NVMC_BASE, FlashArrays, Nvmc
+from agent.sim.nrf52840.nvmc import CONFIG, NVMC_BASE, READY, READYNEXT, FlashArrays, Nvmc
 from agent.sim.nrf52840.timing import TimingModel
 
 # Unicorn's Python binding is only partly typed: use it through one Any-typed handle.
@@ -80,7 +80,16 @@ class Chip:
         self.uc.mem_map(FICR_BASE, FICR_SIZE, UC.UC_PROT_READ)
         self.uc.mem_write(FICR_BASE, self.ficr)
         self.uc.mem_map(RAM_BASE, RAM_SIZE, UC.UC_PROT_ALL)
-        self.uc.mmio_map(PERIPH_BASE, PERIPH_SIZE, self._mmio_read, None, self._mmio_write, None)
+        # Peripherals are RAM to the CPU with a write hook: the algorithm polls NVMC.READY after
+        # every word, and a read callback per poll would cost more than the whole emulation.
+        self.uc.mem_map(PERIPH_BASE, PERIPH_SIZE, UC.UC_PROT_ALL)
+        self.uc.hook_add(
+            UC.UC_HOOK_MEM_WRITE,
+            self._on_periph_write,
+            begin=PERIPH_BASE,
+            end=PERIPH_BASE + PERIPH_SIZE - 1,
+        )
+        self._mirror_nvmc()
         for base, size in ((0, FLASH_SIZE), (UICR_BASE, UICR_SIZE)):
             self.uc.hook_add(
                 UC.UC_HOOK_MEM_WRITE, self._on_flash_write, begin=base, end=base + size - 1
@@ -102,6 +111,7 @@ class Chip:
         """System reset of the peripherals (RAM keeps its contents, as on the part)."""
         self.peripherals.clear()
         self.nvmc.reset()
+        self._mirror_nvmc()
         self.debug_locked = self.approtect_enabled
 
     # --- bus access from the debugger (AHB-AP) -------------------------------------------------
@@ -129,6 +139,7 @@ class Chip:
         elif PERIPH_BASE <= address < PERIPH_BASE + PERIPH_SIZE:
             for i in range(0, len(data), 4):
                 self._periph_write(address + i, int.from_bytes(data[i : i + 4], "little"))
+            self._mirror_nvmc()
         elif _inside(address, len(data), RAM_BASE, RAM_SIZE):
             self.uc.mem_write(address, data)
         else:
@@ -183,13 +194,16 @@ class Chip:
 
     # --- peripherals ---------------------------------------------------------------------------
 
-    def _mmio_read(self, _uc: Any, offset: int, _size: int, _user: Any) -> int:
+    def _on_periph_write(
+        self, _uc: Any, _access: int, address: int, _size: int, value: int, _user: Any
+    ) -> None:
         self._apply_fixups()
-        return self._periph_read(PERIPH_BASE + offset)
+        self._periph_write(address, value)
 
-    def _mmio_write(self, _uc: Any, offset: int, _size: int, value: int, _user: Any) -> None:
-        self._apply_fixups()
-        self._periph_write(PERIPH_BASE + offset, value)
+    def _mirror_nvmc(self) -> None:
+        """What the CPU reads of the NVMC: READY/READYNEXT = 1 (see Nvmc), CONFIG as set."""
+        for offset, value in ((READY, 1), (READYNEXT, 1), (CONFIG, self.nvmc.config)):
+            self.uc.mem_write(NVMC_BASE + offset, value.to_bytes(4, "little"))
 
     def _periph_read(self, address: int) -> int:
         if NVMC_BASE <= address < NVMC_BASE + 0x1000:
