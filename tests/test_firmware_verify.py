@@ -167,3 +167,13 @@ def test_any_single_byte_change_is_refused(position: int, value: int) -> None:
     tampered[position] = value
     with pytest.raises(FirmwareSetError):
         verify_signed_set(bytes(tampered), TRUST, now=NOW)
+
+
+def test_the_station_side_never_imports_signing_code() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import sys, agent.firmware.manager, agent.firmware.trust; "
+             "bad = [m for m in sys.modules if m.startswith(('agent.plant', 'pkcs11'))]; "
+             "sys.exit(bool(bad) and print(bad) is None)")
+    assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0

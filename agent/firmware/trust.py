@@ -16,9 +16,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AwareDatetime, Field, ValidationError, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent.config import Section, format_problems
 from agent.errors import BadMessage, ConfigError
 from agent.firmware.antirollback import Accepted, check_sequence
 from agent.firmware.crypto import Alg, PublicKey, load_public_key, verify_signature
@@ -35,7 +34,13 @@ from agent.messages import FirmwareSet, Ident
 from agent.wire import describe_validation_error, parse_inbound
 
 
-class TrustedKey(Section):
+class _Section(BaseModel):
+    """Like ``agent.config.Section``; not imported from there so config.py can import us."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TrustedKey(_Section):
     """A release key the station accepts signatures from; ``alg`` is bound to the key."""
 
     key_id: Ident
@@ -54,7 +59,7 @@ class TrustedKey(Section):
         return load_public_key(self.alg, self.public_key_pem)
 
 
-class TrustSection(Section):
+class TrustSection(_Section):
     """``[trust]`` of the station configuration: release keys, revoked ids, threshold."""
 
     keys: Annotated[tuple[TrustedKey, ...], Field(min_length=1, max_length=32)]
@@ -90,7 +95,8 @@ def load_trust_store(path: Path) -> TrustSection:
     try:
         return TrustSection.model_validate(raw["trust"])
     except ValidationError as exc:
-        raise ConfigError(str(path), [f"trust.{p}" for p in format_problems(exc)]) from None
+        problems = describe_validation_error(exc).split("; ")
+        raise ConfigError(str(path), [f"trust.{p}" for p in problems]) from None
 
 
 @dataclass(frozen=True)
