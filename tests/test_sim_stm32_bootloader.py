@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import serial_asyncio
 
+from agent.config import UartSlot
+from agent.errors import ProbeLost
+from agent.hw.an3155 import LinkPolicy
+from agent.hw.programmer import ConnectOptions
+from agent.hw.stm32_uart import Stm32UartProgrammer
 from agent.sim.stm32_bootloader import Stm32BootloaderSim
+from agent.sim.stm32_bootloader.bay import Stm32Bay
 from agent.sim.stm32_bootloader.chip import FLASH_BASE, RDP_LEVEL1, UID_ADDRESS
 
 ACK, NACK = 0x79, 0x1F
@@ -50,8 +57,10 @@ def address(value: int) -> bytes:
 
 async def test_get_lists_the_f4_commands_with_extended_erase(port: Port) -> None:
     reply = await exchange(port, command(0x00), 14)
-    assert reply[0] == ACK and reply[-1] == ACK
-    assert reply[1] == 10 and reply[2] == 0x31  # N = bytes that follow - 1
+    assert reply[0] == ACK
+    assert reply[-1] == ACK
+    assert reply[1] == 10
+    assert reply[2] == 0x31
     assert set(reply[3:-1]) == {0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0x44, 0x73, 0x82, 0x92}
 
 
@@ -128,3 +137,23 @@ async def test_place_new_board_gives_a_blank_part_with_a_new_uid(
     assert chip.uid == bytes(range(12)) != old
     assert sim.flash(FLASH_BASE, 1) == b"\xff"
     assert await exchange(port, b"\x7f", 1) == bytes([ACK])
+
+
+async def test_bay_serves_the_slot_port_only_while_powered(tmp_path: Path) -> None:
+    power = {"on": True}
+    slot = UartSlot(backend="stm32-uart", name="u1", port=str(tmp_path / "slot"), baud=2_000_000)
+    bay = await Stm32Bay.start_for_slot(slot, powered=lambda: power["on"])
+    try:
+        uid = bay.place_new_board()
+        fast = LinkPolicy(reply_timeout_s=0.1)
+        unit = Stm32UartProgrammer(port=slot.port, baud=slot.baud, parity=slot.parity, policy=fast)
+        await unit.connect(ConnectOptions(target="stm32f4"))  # a pty: opened 8N1
+        assert await unit.read_unique_id() == uid
+        await unit.disconnect()
+        power["on"] = False
+        with pytest.raises(ProbeLost):
+            await unit.connect(ConnectOptions(target="stm32f4"))
+        await unit.disconnect()
+    finally:
+        await bay.stop()
+    assert not os.path.lexists(slot.port)  # noqa: ASYNC240 - one stat in a test

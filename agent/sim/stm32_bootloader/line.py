@@ -15,6 +15,7 @@ import os
 import termios
 import tty
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +42,19 @@ class LineTiming:
 class PacedPty:
     """A pty master that reads and writes bytes on an emulated UART's schedule."""
 
-    def __init__(self, *, timing: LineTiming, faults: Faults) -> None:
+    def __init__(
+        self,
+        *,
+        timing: LineTiming,
+        faults: Faults,
+        powered: Callable[[], bool] | None = None,
+        on_power_up: Callable[[], None] | None = None,
+    ) -> None:
         self.timing = timing
         self._faults = faults
+        self._powered = powered
+        self._on_power_up = on_power_up
+        self._was_unpowered = False
         self._master = -1
         self._slave = -1
         self._link: Path | None = None
@@ -157,6 +168,12 @@ class PacedPty:
             return
         except OSError:  # EIO while no process holds the slave; we hold it, so only at close
             return
+        if self._powered is not None and not self._powered():
+            self._was_unpowered = True  # an unpowered part hears nothing
+            return
+        if self._was_unpowered and self._on_power_up is not None:
+            self._was_unpowered = False
+            self._on_power_up()  # power-on reset: the part waits for 0x7F again
         data = self._faults.filter_rx(data)
         if not data:
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Literal
 
@@ -21,8 +21,9 @@ class Stm32BootloaderSim:
 
     Runs on the caller's event loop. ``baud`` and ``parity`` set the emulated line rate (11 bits a
     byte for 8E1, 10 for 8N1) whatever the pty carries; ``latency_ms`` is added before every
-    response. ``erase_command`` 0x43 makes the part speak the legacy Erase instead of Extended
-    Erase (as pre-3.0 bootloaders do), for clients that must handle both.
+    response. ``powered`` (DUT power as the fixture switches it) makes the part deaf while off
+    and reset when power returns. ``erase_command`` 0x43 makes the part speak the legacy Erase
+    instead of Extended Erase (as pre-3.0 bootloaders do), for clients that must handle both.
     """
 
     def __init__(
@@ -33,12 +34,15 @@ class Stm32BootloaderSim:
         latency_ms: float = 0.0,
         uid: bytes | None = None,
         erase_command: int = EXTENDED_ERASE,
+        powered: Callable[[], bool] | None = None,
     ) -> None:
         self.timing = LineTiming(
             baud=baud, frame_bits=_FRAME_BITS[parity], latency_s=latency_ms / 1e3
         )
         self.faults = Faults()
-        self._line = PacedPty(timing=self.timing, faults=self.faults)
+        self._line = PacedPty(
+            timing=self.timing, faults=self.faults, powered=powered, on_power_up=self.reset
+        )
         self._engine = BootloaderEngine(
             line=self._line,
             chip=Stm32F4Chip.blank(uid),
@@ -61,6 +65,11 @@ class Stm32BootloaderSim:
     def line(self) -> PacedPty:
         """The paced pty end (its virtual wire schedule is open to inspection)."""
         return self._line
+
+    @property
+    def erase_command(self) -> int:
+        """0x44 (Extended Erase, as F4 parts) or 0x43 (Erase, as pre-3.0 bootloaders)."""
+        return self._engine.erase_command
 
     @property
     def port(self) -> str:
