@@ -66,6 +66,7 @@ class RolloutManager:
         self._previous: dict[str, str] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cond = asyncio.Condition()
+        self._save_lock = asyncio.Lock()
         self._units = 0
         self._group = asyncio.TaskGroup()
 
@@ -224,9 +225,8 @@ class RolloutManager:
                                     code=Reason.SUPERSEDED, reason=f"{why} by {set_id}"))
             self._previous[product] = old
         self._active[product] = set_id
-        await self._set(advance(self._statuses[set_id], SetState.ACTIVE, at=now))
-        await self._evict()
-        return self._statuses[set_id]
+        await self._evict()  # pruned before "active" is announced: observers see a settled cache
+        return await self._set(advance(self._statuses[set_id], SetState.ACTIVE, at=now))
 
     async def _activate_quietly(self) -> None:
         await self.activate_pending()
@@ -241,11 +241,9 @@ class RolloutManager:
             try:
                 await self._images.fetch(spec, set_id=set_id)
             except FirmwareSetError as exc:
-                failed = advance(self._statuses[set_id], SetState.FAILED, at=self._clock(),
-                                 code=exc.code, reason=exc.reason)
-                self._statuses[set_id] = failed
-                await self._evict()  # the images it did get go before anyone hears "failed"
-                await self._set(failed)
+                await self._evict(dropping=set_id)  # its images go before anyone hears
+                await self._set(advance(self._statuses[set_id], SetState.FAILED,
+                                        at=self._clock(), code=exc.code, reason=exc.reason))
                 return
             await self._set(self._statuses[set_id].model_copy(update={"images_ready": count}))
         status = await self._set(advance(self._statuses[set_id], SetState.STAGED,
@@ -271,20 +269,22 @@ class RolloutManager:
                                         code=Reason.SUPERSEDED,
                                         reason=f"replaced by {newer.set_id}"))
 
-    async def _evict(self) -> None:
+    async def _evict(self, *, dropping: str | None = None) -> None:
         """Keep images and signed bytes of active, previous and pending sets only."""
         keep_ids = {*self._active.values(), *self._previous.values()} | {
             s.set_id for s in self._statuses.values()
             if s.state in (SetState.VERIFIED, SetState.PREFETCHING, SetState.STAGED)}
+        keep_ids.discard(dropping or "")
         kept = [self._verified[i] for i in keep_ids if i in self._verified]
         await self._images.retain(spec.sha256 for v in kept for spec in v.manifest.images)
         await asyncio.to_thread(self._file.forget_signed, {v.digest for v in kept})
 
     async def _set(self, status: SetStatus) -> SetStatus:
-        """Record, persist and report a status."""
+        """Record and report a status (no await in between), then persist the latest state."""
         self._statuses[status.set_id] = status
-        await asyncio.to_thread(self._file.save, self.summary())
         self._emit(status)
+        async with self._save_lock:  # the summary is taken inside, so a later save never loses
+            await asyncio.to_thread(self._file.save, self.summary())
         return status
 
     def _emit(self, status: SetStatus) -> None:
