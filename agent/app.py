@@ -148,10 +148,21 @@ async def serve(config: StationConfig, hardware: Hardware, *, notifier: Notifier
         await store.close()
 
 
-async def run_until_signalled(config: StationConfig) -> None:
-    """The service's main: serve until SIGTERM/SIGINT, letting a unit in progress finish as FAIL."""
+async def run_until_signalled(config: StationConfig, *, operator_units: int | None = None) -> None:
+    """The service's main: serve until SIGTERM/SIGINT, letting a unit in progress finish as FAIL.
+
+    ``operator_units`` (simulated fixture only) has the simulated operator cycle that many boards.
+    """
     hardware = await build_hardware(config)
     parts_box: list[StationParts] = []
+    operator_tasks: list[asyncio.Task[list[str]]] = []
+
+    def started(parts: StationParts) -> None:
+        parts_box.append(parts)
+        if operator_units:
+            operator_tasks.append(asyncio.get_running_loop().create_task(
+                hardware.sim.operator.run(operator_units), name="simulated-operator"))
+
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
@@ -164,4 +175,4 @@ async def run_until_signalled(config: StationConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: loop.create_task(shutdown()))
     with contextlib.suppress(asyncio.CancelledError):
-        await serve(config, hardware, started=parts_box.append)
+        await serve(config, hardware, started=started)

@@ -94,6 +94,7 @@ class SimFlashSlot(Section):
     name: SlotName
     flash_size: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 1024 * 1024
     page_size: Annotated[int, Field(ge=256, le=128 * 1024)] = 4096
+    op_delay_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
 
 
 class PyOcdSlot(Section):

@@ -59,20 +59,24 @@ class Link:
         self._handlers[topic] = handler
 
     async def run(self) -> None:
-        """Stay connected until cancelled."""
+        """Stay connected until cancelled.
+
+        The broker is told our maximum packet size (twice the message limit): a payload up to that
+        arrives and is rejected with a reason; anything larger the broker drops before sending.
+        """
         will = aiomqtt.Will(self._topics.status, encode(self._status.offline()), qos=1,
                             retain=True)
         while True:
             client = make_client(self._endpoint, client_id=self._station_id, will=will,
                                  persistent=True, session_expiry_s=self._session_expiry_s,
-                                 max_packet_bytes=self._max_bytes + 4096)
+                                 max_packet_bytes=2 * self._max_bytes + 4096)
             started = time.monotonic()
             try:
                 async with client:
                     log.info("connected to %s:%d", self._endpoint.host, self._endpoint.port)
                     await self._serve(client)
-            except aiomqtt.MqttError as exc:
-                log.warning("broker link down: %s", exc)
+            except* aiomqtt.MqttError as group:  # from the client or from any of _serve's tasks
+                log.warning("broker link down: %s", group.exceptions[0])
             finally:
                 self.connected.clear()
                 self._sent_at.clear()  # after a reconnect everything unacknowledged goes again
@@ -110,7 +114,10 @@ class Link:
         log.warning("rejected message on %s: %s", topic, exc)
         reject = Reject(station=self._station_id, topic=topic, ref=ref, code=exc.code,
                         reason=exc.reason, at=datetime.now(UTC))
-        await client.publish_checked(self._topics.rejects, encode(reject))
+        try:
+            await client.publish_checked(self._topics.rejects, encode(reject))
+        except PublishRefused as exc:
+            log.error("%s", exc)  # noqa: TRY400 (a refusal, not a crash)
 
     async def _on_ack(self, payload: bytes) -> None:
         ack = parse_inbound(RecordAck, payload, max_bytes=self._max_bytes)
@@ -152,5 +159,8 @@ class Link:
         while True:
             await self._status.changed.wait()
             self._status.changed.clear()
-            await client.publish_checked(self._topics.status, encode(self._status.snapshot()),
-                                         retain=True)
+            try:
+                await client.publish_checked(self._topics.status,
+                                             encode(self._status.snapshot()), retain=True)
+            except PublishRefused as exc:
+                log.error("%s", exc)  # noqa: TRY400 (a refusal, not a crash)

@@ -16,6 +16,8 @@ def register(subparsers: Any) -> None:
     """Add the station's commands."""
     run = subparsers.add_parser("run", help="run the station service")
     run.add_argument("config", type=Path, help="station configuration (TOML)")
+    run.add_argument("--operator-units", type=int, metavar="N",
+                     help="simulated fixture only: let the simulated operator cycle N boards")
     run.set_defaults(handler=_run)
     check = subparsers.add_parser("check-config", help="validate a station configuration")
     check.add_argument("config", type=Path, help="station configuration (TOML)")
@@ -45,5 +47,8 @@ def _run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"{exc.source}: {problem}", file=sys.stderr)
         return 2
-    asyncio.run(run_until_signalled(config))
+    if args.operator_units is not None and config.fixture.backend != "sim":
+        print("--operator-units needs fixture.backend = 'sim'", file=sys.stderr)
+        return 2
+    asyncio.run(run_until_signalled(config, operator_units=args.operator_units))
     return 0

@@ -45,8 +45,12 @@ async def build_simulated_hardware(
     """The fixture, the slots' programmers and the simulated devices behind them."""
     factory = mock_pin_factory()
     pins = config.fixture.pins
-    fixture = GpioFixture(pins=pins, pin_factory=factory, bounce_ms=config.fixture.clamp_bounce_ms,
-                          settle_ms=config.fixture.clamp_settle_ms)
+    fixture = GpioFixture(
+        pins=pins,
+        pin_factory=factory,
+        bounce_ms=config.fixture.clamp_bounce_ms,
+        settle_ms=config.fixture.clamp_settle_ms,
+    )
 
     def powered() -> bool:
         return bool(factory.pin(pins.dut_power).state)
@@ -56,10 +60,9 @@ async def build_simulated_hardware(
     closers: list[Callable[[], Any]] = []
     for slot in config.slots:
         if isinstance(slot, SimFlashSlot):
-            bay = SimFlashBay(flash_size=slot.flash_size, page_size=slot.page_size,
-                              powered=powered)
+            bay = SimFlashBay(flash_size=slot.flash_size, page_size=slot.page_size, powered=powered)
             bays[slot.name] = bay
-            programmers[slot.name] = SimFlashProgrammer(bay)
+            programmers[slot.name] = SimFlashProgrammer(bay, op_delay_s=slot.op_delay_ms / 1000)
         elif isinstance(slot, PyOcdSlot):
             from agent.sim.nrf52840.bay import Nrf52840Bay
 
@@ -73,5 +76,8 @@ async def build_simulated_hardware(
             bays[slot.name] = uart_bay
             programmers[slot.name] = build_programmer(slot, pin_factory=factory)
     operator = SimulatedOperator(factory=factory, pins=pins, bays=list(bays.values()))
-    return fixture, programmers, SimulatedFixture(factory=factory, operator=operator, bays=bays,
-                                                  closers=closers)
+    return (
+        fixture,
+        programmers,
+        SimulatedFixture(factory=factory, operator=operator, bays=bays, closers=closers),
+    )

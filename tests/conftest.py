@@ -1,0 +1,67 @@
+"""Fixtures: a private mosquitto per test, and the plant's recorder on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from agent.mqtt import BrokerEndpoint
+from agent.recorder import Recorder, RecordStore, open_record_db
+from agent.sim.broker import LocalBroker
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[LocalBroker]:
+    """mosquitto on a free 127.0.0.1 port with its own config, stopped after the test."""
+    local = LocalBroker(tmp_path / "broker")
+    await local.start()
+    try:
+        yield local
+    finally:
+        await local.stop()
+
+
+@dataclass
+class PlantRecorder:
+    """The recorder under test and its database."""
+
+    recorder: Recorder
+    db: aiosqlite.Connection
+    path: Path
+
+    async def count(self, station: str | None = None) -> int:
+        """Records stored (for one station, or all)."""
+        sql, params = "SELECT COUNT(*) FROM records", ()
+        if station is not None:
+            sql, params = sql + " WHERE station = ?", (station,)
+        async with self.db.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def has(self, count: int) -> bool:
+        """True once exactly ``count`` records are stored."""
+        return await self.count() == count
+
+
+@pytest.fixture
+async def recorder(tmp_path: Path, broker: LocalBroker) -> AsyncIterator[PlantRecorder]:
+    """The plant recorder, connected and subscribed before the test starts."""
+    path = tmp_path / "plant" / "records.db"
+    db = await open_record_db(path)
+    rec = Recorder(endpoint=BrokerEndpoint(host="127.0.0.1", port=broker.port),
+                   store=RecordStore(db))
+    task = asyncio.create_task(rec.run())
+    await asyncio.wait_for(rec.connected.wait(), 10)
+    try:
+        yield PlantRecorder(recorder=rec, db=db, path=path)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await db.close()

@@ -1,0 +1,87 @@
+"""Shared building blocks of the station tests: configs, a running station, jobs, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from agent.app import StationParts, build_hardware, serve
+from agent.config import StationConfig, parse_config
+from agent.demo.images import demo_firmware_set, demo_job, write_images
+from agent.mqtt import BrokerEndpoint
+from agent.plant.publish import publish_retained
+from agent.topics import StationTopics
+
+PINS = {"clamp_sensor": 17, "clamp_actuator": 27, "dut_power": 22, "interlock": 23,
+        "lamp_pass": 5, "lamp_fail": 6, "lamp_busy": 13}
+
+
+def station_raw(workdir: Path, port: int, *, station_id: str = "st-test",
+                slots: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A station configuration tree for a simulated fixture."""
+    return {
+        "station": {"id": station_id},
+        "broker": {"host": "127.0.0.1", "port": port, "keepalive_s": 5,
+                   "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
+        "fixture": {"backend": "sim", "pins": dict(PINS), "clamp_settle_ms": 5,
+                    "power_settle_ms": 1},
+        "slots": slots or [{"name": "a", "backend": "sim-flash"}],
+        "storage": {"dir": str(workdir / "station")},
+        "limits": {"record_ack_timeout_s": 2, "min_free_disk_mb": 1},
+        "simulation": {"board_dir": str(workdir / "boards")},
+    }
+
+
+def station_config(workdir: Path, port: int, **kwargs: Any) -> StationConfig:
+    """A validated station configuration for a simulated fixture."""
+    return parse_config(station_raw(workdir, port, **kwargs), source="test", base=workdir)
+
+
+def job_payload(workdir: Path, *, job_id: str, station: str, units: int,
+                uicr_flag: bool = False, **changes: Any) -> dict[str, Any]:
+    """A demo job (images written under ``workdir``) with top-level fields changed."""
+    images = write_images(workdir / "images")
+    job = demo_job(demo_firmware_set(images, uicr_flag=uicr_flag), job_id=job_id,
+                   station=station, units=units)
+    job.update(changes)
+    return job
+
+
+async def publish_job(port: int, station: str, payload: bytes | dict[str, Any]) -> None:
+    """Publish a retained job for ``station`` as the plant does."""
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    await publish_retained(BrokerEndpoint(host="127.0.0.1", port=port),
+                           StationTopics(station).job, raw, client_id="plant-test")
+
+
+@contextlib.asynccontextmanager
+async def running_station(config: StationConfig) -> AsyncIterator[tuple[StationParts, Any]]:
+    """Run a station on its simulated fixture; yields its parts and the simulated devices."""
+    hardware = await build_hardware(config)
+    started: asyncio.Future[StationParts] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(config, hardware, started=started.set_result))
+    try:
+        parts = await asyncio.wait_for(asyncio.shield(started), 10)
+        yield parts, hardware.sim
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def eventually(predicate: Callable[[], Any], *, timeout: float = 20.0,
+                     what: str = "condition") -> None:
+    """Wait until ``await predicate()`` (or ``predicate()``) is truthy, else fail saying what."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = predicate()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

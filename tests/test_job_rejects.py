@@ -1,0 +1,106 @@
+"""Every malformed job is rejected on the rejects topic with its reason; the station stays up."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.mqtt import BrokerEndpoint, make_client
+from agent.sim.broker import LocalBroker
+from agent.topics import StationTopics
+from tests.conftest import PlantRecorder
+from tests.helpers import eventually, job_payload, publish_job, running_station, station_config
+
+
+def _with(job: dict[str, Any], path: str, value: Any) -> bytes:
+    changed = copy.deepcopy(job)
+    *parents, last = path.split(".")
+    node: Any = changed
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node[key]
+    node[int(last) if last.isdigit() else last] = value
+    return json.dumps(changed).encode()
+
+
+def bad_jobs(job: dict[str, Any]) -> list[tuple[str, bytes, str]]:
+    """(case, payload, expected reject code): the list from mqtt-durability-security.md."""
+    text = json.dumps(job)
+    other_image = copy.deepcopy(job)
+    images = other_image["firmware_set"]["images"]
+    images[1]["sha256"] = images[0]["sha256"]  # the hash of another image
+    return [
+        ("garbage", b"\x00\xffnot json", "not_utf8"),
+        ("not json", b"{job: 1}", "not_json"),
+        ("array", b"[1, 2]", "not_object"),
+        ("duplicate key", text.replace('{"schema"', '{"quantity": 1, "schema"', 1).encode(),
+         "duplicate_key"),
+        ("NaN", text.replace('"quantity": 3', '"quantity": NaN').encode(), "bad_number"),
+        ("Infinity", text.replace('"quantity": 3', '"quantity": Infinity').encode(),
+         "bad_number"),
+        ("huge integer", text.replace('"quantity": 3', '"quantity": ' + "9" * 5000).encode(),
+         "not_json"),
+        ("big integer", _with(job, "quantity", 10**30), "invalid"),
+        ("deep nesting", ('{"a":' * 100 + "1" + "}" * 100).encode(), "too_deep"),
+        ("lone surrogate", text.replace('"sensor-node"', '"sensor\\ud800"', 1).encode(),
+         "bad_string"),
+        ("wrong type", _with(job, "quantity", "3"), "invalid"),
+        ("negative size", _with(job, "firmware_set.images.0.size", -1), "invalid"),
+        ("huge size", _with(job, "firmware_set.images.0.size", 2**40), "invalid"),
+        ("declared size wrong", _with(job, "firmware_set.images.0.size", 1024),
+         "image_size_mismatch"),
+        ("hash of another image", json.dumps(other_image).encode(), "image_hash_mismatch"),
+        ("unknown field", _with(job, "priority", "high"), "invalid"),
+        ("quantity beyond serials", _with(job, "quantity", 10_000), "invalid"),
+        ("for another station", _with(job, "station", "st-other"), "wrong_station"),
+        ("oversized", b'{"pad": "' + b"x" * 300_000 + b'"}', "too_large"),
+    ]
+
+
+@pytest.fixture
+async def rejects(broker: LocalBroker) -> Any:
+    client = make_client(BrokerEndpoint(host="127.0.0.1", port=broker.port),
+                         client_id="plant-rejects")
+    received: list[dict[str, Any]] = []
+
+    async def collect() -> None:
+        async for message in client.messages:
+            assert isinstance(message.payload, bytes)
+            received.append(json.loads(message.payload))
+
+    async with client:
+        await client.subscribe(StationTopics("st-test").rejects, qos=1)
+        task = asyncio.create_task(collect())
+        yield received
+        task.cancel()
+
+
+async def test_each_malformed_job_is_rejected_with_its_reason(
+        tmp_path: Path, broker: LocalBroker, recorder: PlantRecorder,
+        rejects: list[dict[str, Any]]) -> None:
+    config = station_config(tmp_path, broker.port)
+    good = job_payload(tmp_path, job_id="wo-3003", station="st-test", units=3)
+    cases = bad_jobs(good)
+    async with running_station(config) as (parts, sim):
+        await eventually(parts.link.connected.is_set, what="link")
+        for case, payload, _ in cases:
+            await publish_job(broker.port, "st-test", payload)
+            await eventually(lambda n=len(rejects): len(rejects) > n or None, timeout=10,
+                             what=f"reject of {case}")
+        assert parts.jobs.current is None  # nothing bad was accepted
+        assert "no job" in parts.status.blocked
+        # Still up: a good job runs, and reusing its id with other content is refused.
+        await publish_job(broker.port, "st-test", good)
+        await eventually(lambda: parts.jobs.current is not None, what="good job")
+        assert await sim.operator.run(1) == ["pass"]
+        await publish_job(broker.port, "st-test", _with(good, "quantity", 2))
+        await eventually(lambda: len(rejects) > len(cases), what="replay reject")
+    codes = [r["code"] for r in rejects]
+    assert codes == [code for _, _, code in cases] + ["job_id_reused"]
+    for reject, (case, _, _) in zip(rejects, cases, strict=False):
+        assert reject["station"] == "st-test" and reject["reason"], case
+        assert reject["topic"] == StationTopics("st-test").job
