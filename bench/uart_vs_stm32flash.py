@@ -1,0 +1,173 @@
+"""Agent vs stm32flash on the same simulated STM32F4 bootloader, and vs the line-rate floor.
+
+The simulator runs in its own process (as ``fixture-agent sim uart-bootloader`` would) at
+115200 baud with 8E1 framing emulated (11 bits a byte); both hosts open the pty 8N1 because a
+pty cannot keep parity. Each run gets a fresh blank board. Two images:
+
+- dense: 64 KiB of random bytes;
+- sparse: 256 KiB, mostly 0xFF (a 16 KiB head and a 256-byte block every 16 KiB).
+
+Both tools erase, write and verify by reading back (stm32flash ``-w FILE -v``; the agent
+``write`` then ``read`` + SHA-256). The floor is the wire time of the agent's own dense exchange
+(every command, address, data and ACK byte at 11 bits) plus the configured turnaround per reply.
+Figures are ratios within this run; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from agent.hw.programmer import ConnectOptions, Region
+from agent.hw.stm32_uart import Stm32UartProgrammer
+from agent.sim.stm32_bootloader import Stm32BootloaderSim
+from agent.sim.stm32_bootloader.cli import precise_timer_loop
+
+FLASH = 0x0800_0000
+BAUD = 115200
+FRAME_BITS = 11
+# AN3155 bytes per 256-byte block: Write = cmd 2 + ACK + address 5 + ACK + N, data, sum 258 + ACK;
+# Read = cmd 2 + ACK + address 5 + ACK + count 2 + ACK + data 256. Three replies each.
+WRITE_BLOCK_BYTES = 2 + 1 + 5 + 1 + 258 + 1
+READ_BLOCK_BYTES = 2 + 1 + 5 + 1 + 2 + 1 + 256
+REPLIES_PER_BLOCK = 3
+
+
+def dense_image() -> bytes:
+    return os.urandom(64 * 1024)
+
+
+def sparse_image() -> bytes:
+    image = bytearray(b"\xff" * 256 * 1024)
+    image[: 16 * 1024] = os.urandom(16 * 1024)
+    for offset in range(16 * 1024, len(image), 16 * 1024):
+        image[offset : offset + 256] = os.urandom(256)
+    return bytes(image)
+
+
+def serve(link: str, latency_ms: float, control: Connection) -> None:
+    """Child process: the simulator, driven by commands on ``control``."""
+
+    async def main() -> None:
+        sim = Stm32BootloaderSim(baud=BAUD, parity="even", latency_ms=latency_ms)
+        done = asyncio.Event()
+
+        def on_command() -> None:
+            command, *args = control.recv()
+            if command == "new-board":
+                control.send(sim.place_new_board().uid.hex())
+            elif command == "sha256":
+                control.send(hashlib.sha256(sim.flash(*args)).hexdigest())
+            else:
+                done.set()
+
+        async with sim.serving(Path(link)):
+            asyncio.get_running_loop().add_reader(control.fileno(), on_command)
+            control.send("ready")
+            await done.wait()
+
+    with asyncio.Runner(loop_factory=precise_timer_loop) as runner:
+        runner.run(main())
+
+
+async def run_stm32flash(link: str, image_file: Path) -> float:
+    start = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(
+        "stm32flash", "-m", "8n1", "-b", str(BAUD), "-w", str(image_file), "-v", link,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"stm32flash failed: {err.decode(errors='replace')[-500:]}")
+    return time.perf_counter() - start
+
+
+async def run_agent(link: str, image: bytes) -> float:
+    region = Region("image", FLASH, len(image))
+    programmer = Stm32UartProgrammer(port=link, baud=BAUD, parity="none")
+    start = time.perf_counter()
+    await programmer.connect(ConnectOptions(target="stm32f405"))
+    await programmer.write(region, image)
+    back = await programmer.read(region)
+    await programmer.disconnect()
+    elapsed = time.perf_counter() - start
+    if hashlib.sha256(back).digest() != hashlib.sha256(image).digest():
+        raise RuntimeError("agent read-back does not match the image")
+    return elapsed
+
+
+def floor_seconds(image_size: int, latency_ms: float) -> float:
+    """Wire time of writing and reading every block of a dense image, plus one turnaround each."""
+    blocks = image_size // 256
+    wire = blocks * (WRITE_BLOCK_BYTES + READ_BLOCK_BYTES) * FRAME_BITS / BAUD
+    return wire + blocks * 2 * REPLIES_PER_BLOCK * latency_ms / 1e3
+
+
+async def measure(
+    control: Connection, link: str, folder: Path, name: str, image: bytes
+) -> dict[str, Any]:
+    expected = hashlib.sha256(image).hexdigest()
+    image_file = folder / f"{name}.bin"
+    image_file.write_bytes(image)
+    times: dict[str, float] = {}
+    for tool in ("stm32flash", "agent"):
+        control.send(("new-board",))
+        control.recv()
+        if tool == "stm32flash":
+            times[tool] = await run_stm32flash(link, image_file)
+        else:
+            times[tool] = await run_agent(link, image)
+        control.send(("sha256", FLASH, len(image)))
+        if control.recv() != expected:
+            raise RuntimeError(f"{tool} left the wrong contents in flash ({name})")
+        print(f"{name:6s} {tool:10s} {times[tool]:7.2f} s", flush=True)
+    return {
+        f"{name}_bytes": len(image),
+        f"{name}_stm32flash_s": round(times["stm32flash"], 3),
+        f"{name}_agent_s": round(times["agent"], 3),
+        f"{name}_agent_over_stm32flash": round(times["agent"] / times["stm32flash"], 3),
+    }
+
+
+async def bench(latency_ms: float) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    with tempfile.TemporaryDirectory() as tmp:
+        link = str(Path(tmp) / "tty")
+        child = context.Process(target=serve, args=(link, latency_ms, theirs), daemon=True)
+        child.start()
+        try:
+            if ours.recv() != "ready":
+                raise RuntimeError("simulator did not start")
+            figures: dict[str, Any] = {"baud": BAUD, "frame_bits": FRAME_BITS}
+            figures["latency_ms"] = latency_ms
+            figures |= await measure(ours, link, Path(tmp), "dense", dense_image())
+            figures |= await measure(ours, link, Path(tmp), "sparse", sparse_image())
+        finally:
+            ours.send(("stop",))
+            child.join(10)
+    floor = floor_seconds(figures["dense_bytes"], latency_ms)
+    figures["dense_floor_s"] = round(floor, 3)
+    figures["dense_floor_over_agent"] = round(floor / figures["dense_agent_s"], 3)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="turnaround per reply")
+    args = parser.parse_args()
+    figures = asyncio.run(bench(args.latency_ms))
+    print(json.dumps(figures, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
