@@ -193,12 +193,19 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
 def format_problems(error: ValidationError) -> list[str]:
     """One line per defect: key path, expectation, what was found."""
     problems = []
-    for item in error.errors(include_url=False):
+    items = error.errors(include_url=False)
+    nested = {item["loc"][:depth] for item in items for depth in range(len(item["loc"]))}
+    for item in items:
+        if item["type"] == "too_short" and item["loc"] in nested:
+            continue  # "slots: too short" only echoes an invalid slot reported on its own
         loc = ".".join(str(part) for part in item["loc"]) or "(top level)"
         found = item.get("input")
-        shown = "nothing" if item["type"] == "missing" else repr(found)
-        if isinstance(found, dict):
+        if item["type"] == "missing":
+            shown = "nothing"
+        elif isinstance(found, dict):
             shown = "a table"
+        else:
+            shown = repr(found)
         if len(shown) > 80:
             shown = shown[:77] + "..."
         problems.append(f"{loc}: {item['msg']}; found {shown}")

@@ -1,0 +1,72 @@
+"""Station configuration: the shipped files load; every defect names its key, expectation, find."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from agent.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", "check-config", str(path)],
+                          capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize("name", ["station.example.toml", "demo.toml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    result = check_config(ROOT / "config" / name)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK: station ")
+
+
+def test_demo_config_is_the_embedded_demo_default() -> None:
+    shipped = tomllib.loads((ROOT / "config" / "demo.toml").read_text())
+    embedded = tomllib.loads(resources.files("agent.demo").joinpath("station.toml").read_text())
+    assert shipped == embedded
+
+
+def test_check_config_lists_every_problem_with_its_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    text = (ROOT / "config" / "station.example.toml").read_text()
+    text = text.replace('id = "line3-st07"', 'id = "Line 3"').replace("port = 8883",
+                                                                     'port = "8883x"')
+    text = text.replace("lamp_busy = 13", "lamp_busy = 40").replace('backend = "pyocd"',
+                                                                    'backend = "swd"')
+    bad.write_text(text + "\n[extra]\nthing = 1\n")
+    result = check_config(bad)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"{bad}: 5 problem(s)"
+    assert any(line.strip().startswith("station.id:") and "'Line 3'" in line for line in lines)
+    assert any(line.strip().startswith("broker.port:") and "'8883x'" in line for line in lines)
+    assert any(line.strip().startswith("fixture.pins.lamp_busy:") and "found 40" in line
+               for line in lines)
+    assert any(line.strip().startswith("slots.0:") and "'pyocd'" in line for line in lines)
+    assert any(line.strip().startswith("extra:") and "not permitted" in line for line in lines)
+
+
+def test_semantic_errors_are_reported(tmp_path: Path) -> None:
+    text = (ROOT / "config" / "station.example.toml").read_text()
+    path = tmp_path / "dup.toml"
+    path.write_text(text.replace("lamp_busy = 13", "lamp_busy = 5"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert any("pin 5 is used by both lamp_pass and lamp_busy" in p for p in info.value.problems)
+
+
+def test_missing_and_unparsable_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[station\nid = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken)
