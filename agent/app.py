@@ -10,16 +10,20 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.config import PyOcdSlot, StationConfig, UartSlot
 from agent.errors import FailureCode
+from agent.firmware.antirollback import AntiRollbackStore
+from agent.firmware.fetch import FetchPolicy
+from agent.firmware.imagestore import ImageStore
+from agent.firmware.manager import RolloutManager
+from agent.firmware.rollout import SetStatus
 from agent.hw.fixture import Fixture, GpioFixture
 from agent.hw.programmer import Programmer
-from agent.images import LocalImages
-from agent.intake import JobIntake
+from agent.intake import JobIntake, SetIntake
 from agent.jobs import JobBook
 from agent.link import Link
 from agent.mqtt import Backoff, BrokerEndpoint
@@ -28,6 +32,7 @@ from agent.station import Station, StationLimits
 from agent.status import StatusBoard
 from agent.store import StationStore
 from agent.systemd import Notifier
+from agent.topics import StationTopics, group_firmware_set
 
 log = logging.getLogger(__name__)
 
@@ -90,36 +95,74 @@ class StationParts:
     jobs: JobBook
     outbox: Outbox
     status: StatusBoard
+    rollout: RolloutManager
 
 
-def assemble(config: StationConfig, hardware: Hardware, store: StationStore) -> StationParts:
-    """Wire the station's parts together (no I/O)."""
-    station_id = config.station.id
-    outbox = Outbox(store)
-    jobs = JobBook(store, station_id=station_id)
-    status = StatusBoard(station_id)
-    images = LocalImages()
-    limits = StationLimits(
-        outbox_max_records=config.limits.outbox_max_records,
-        min_free_disk_mb=config.limits.min_free_disk_mb,
-        unit_timeout_s=config.limits.unit_timeout_s,
-        power_settle_s=config.fixture.power_settle_ms / 1000,
-        disk_path=config.storage.dir)
-    station = Station(station_id=station_id, fixture=hardware.fixture,
-                      programmers=hardware.programmers, store=store, jobs=jobs, outbox=outbox,
-                      status=status, limits=limits, images=images)
-    intake = JobIntake(jobs=jobs, images=images, max_bytes=config.limits.max_message_bytes)
+def broker_endpoint(config: StationConfig) -> BrokerEndpoint:
+    """Where the station's broker is and how to authenticate to it."""
     broker = config.broker
     tls = broker.tls
-    endpoint = BrokerEndpoint(host=broker.host, port=broker.port, keepalive_s=broker.keepalive_s,
-                              ca=tls.ca if tls else None, cert=tls.cert if tls else None,
-                              key=tls.key if tls else None)
-    link = Link(endpoint=endpoint, station_id=station_id, outbox=outbox, status=status,
-                on_job=intake.handle, ack_timeout_s=config.limits.record_ack_timeout_s,
+    return BrokerEndpoint(host=broker.host, port=broker.port, keepalive_s=broker.keepalive_s,
+                          ca=tls.ca if tls else None, cert=tls.cert if tls else None,
+                          key=tls.key if tls else None)
+
+
+def assemble(config: StationConfig, hardware: Hardware, store: StationStore,
+             rollout: RolloutManager, status: StatusBoard,
+             sets_changed: asyncio.Event) -> StationParts:
+    """Wire the station's parts together (no I/O)."""
+    station_id = config.station.id
+    limits = config.limits
+    outbox = Outbox(store)
+    jobs = JobBook(store, station_id=station_id)
+    station = Station(
+        station_id=station_id, fixture=hardware.fixture, programmers=hardware.programmers,
+        store=store, jobs=jobs, outbox=outbox, status=status, rollout=rollout,
+        sets_changed=sets_changed,
+        limits=StationLimits(outbox_max_records=limits.outbox_max_records,
+                             min_free_disk_mb=limits.min_free_disk_mb,
+                             unit_timeout_s=limits.unit_timeout_s,
+                             power_settle_s=config.fixture.power_settle_ms / 1000,
+                             disk_path=config.storage.dir))
+    broker = config.broker
+    intake = JobIntake(jobs=jobs, max_bytes=limits.max_message_bytes)
+    link = Link(endpoint=broker_endpoint(config), station_id=station_id, outbox=outbox,
+                status=status, on_job=intake.handle,
+                ack_timeout_s=limits.record_ack_timeout_s,
                 session_expiry_s=broker.session_expiry_s,
-                max_message_bytes=config.limits.max_message_bytes,
+                max_message_bytes=limits.max_message_bytes,
                 backoff=Backoff(base=broker.reconnect_min_s, cap=broker.reconnect_max_s))
-    return StationParts(station=station, link=link, jobs=jobs, outbox=outbox, status=status)
+    sets = SetIntake(rollout=rollout, max_bytes=limits.max_message_bytes, report=link.reject)
+    topics = StationTopics(station_id)
+    link.add_handler(topics.firmware_set, sets.handle_set)
+    if broker.group is not None:
+        link.add_handler(group_firmware_set(broker.group), sets.handle_set)
+    link.add_handler(topics.command, sets.handle_command)
+    return StationParts(station=station, link=link, jobs=jobs, outbox=outbox, status=status,
+                        rollout=rollout)
+
+
+@contextlib.asynccontextmanager
+async def firmware_sets(config: StationConfig, status: StatusBoard,
+                        sets_changed: asyncio.Event) -> AsyncIterator[RolloutManager]:
+    """The image cache and the rollout manager; every change shows on the status."""
+    firmware_dir = config.storage.dir / "firmware"
+    antirollback = await asyncio.to_thread(AntiRollbackStore.load,
+                                           firmware_dir / "anti-rollback.json")
+    managers: list[RolloutManager] = []
+
+    def changed(_: SetStatus | None = None) -> None:
+        if managers:
+            status.update(rollout=managers[0].summary().model_dump(mode="json"))
+        sets_changed.set()
+
+    policy = FetchPolicy(ca_bundle=config.images.ca_bundle, attempts=config.images.attempts)
+    async with ImageStore(config.storage.images, policy=policy) as images, RolloutManager(
+            trust=config.trust, images=images, antirollback=antirollback,
+            state_dir=firmware_dir, on_change=changed) as rollout:
+        managers.append(rollout)
+        changed()
+        yield rollout
 
 
 async def serve(config: StationConfig, hardware: Hardware, *, notifier: Notifier | None = None,
@@ -127,17 +170,20 @@ async def serve(config: StationConfig, hardware: Hardware, *, notifier: Notifier
     """Run the station until cancelled; the fixture ends in its safe state."""
     notifier = notifier or Notifier()
     store = await StationStore.open(config.storage.database)
+    status = StatusBoard(config.station.id)
+    sets_changed = asyncio.Event()
     try:
-        parts = assemble(config, hardware, store)
-        await parts.jobs.load()
-        async with asyncio.TaskGroup() as group:
-            station_task = group.create_task(parts.station.run(), name="station")
-            group.create_task(parts.link.run(), name="link")
-            group.create_task(notifier.watchdog(lambda: not station_task.done()),
-                              name="watchdog")
-            notifier.send("READY=1")
-            if started is not None:
-                started(parts)
+        async with firmware_sets(config, status, sets_changed) as rollout:
+            parts = assemble(config, hardware, store, rollout, status, sets_changed)
+            await parts.jobs.load()
+            async with asyncio.TaskGroup() as group:
+                station_task = group.create_task(parts.station.run(), name="station")
+                group.create_task(parts.link.run(), name="link")
+                group.create_task(notifier.watchdog(lambda: not station_task.done()),
+                                  name="watchdog")
+                notifier.send("READY=1")
+                if started is not None:
+                    started(parts)
     finally:
         notifier.send("STOPPING=1")
         hardware.fixture.close()

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.errors import ConfigError
+from agent.firmware.trust import TrustSection
 
 StationId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,47}$")]
 SlotName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,15}$")]
@@ -150,6 +151,13 @@ class SimulationSection(Section):
     timing: bool = False
 
 
+class ImagesSection(Section):
+    """How firmware images are downloaded into the station's cache."""
+
+    ca_bundle: Path | None = None
+    attempts: Annotated[int, Field(ge=1, le=20)] = 4
+
+
 class StationConfig(Section):
     """The whole station configuration."""
 
@@ -158,6 +166,8 @@ class StationConfig(Section):
     fixture: FixtureSection
     slots: Annotated[tuple[SlotConfig, ...], Field(min_length=1, max_length=16)]
     storage: StorageSection
+    trust: TrustSection
+    images: ImagesSection = ImagesSection()
     limits: LimitsSection = LimitsSection()
     simulation: SimulationSection = SimulationSection()
 
@@ -177,7 +187,7 @@ class StationConfig(Section):
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Make relative paths in the raw tree relative to the config file's folder."""
-    targets = [("storage", "dir"), ("simulation", "board_dir")]
+    targets = [("storage", "dir"), ("simulation", "board_dir"), ("images", "ca_bundle")]
     for section, key in targets:
         value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
         if isinstance(value, str) and not Path(value).is_absolute():

@@ -20,7 +20,15 @@ from enum import StrEnum
 from agent import __version__, mfgdata
 from agent.errors import FailureCode, UnitFailure
 from agent.hw.programmer import ConnectOptions, Programmer, Region, ValidFlag
-from agent.messages import Failure, ImageResult, ImageSpec, Job, StageTiming, UnitRecord
+from agent.messages import (
+    Failure,
+    FirmwareSet,
+    ImageResult,
+    ImageSpec,
+    Job,
+    StageTiming,
+    UnitRecord,
+)
 
 
 class Stage(StrEnum):
@@ -51,12 +59,26 @@ class IllegalTransition(RuntimeError):
 
 @dataclass(frozen=True)
 class UnitPlan:
-    """Everything a unit needs that does not depend on the board: the job and its image bytes."""
+    """Everything a unit needs that does not depend on the board.
+
+    ``firmware_set`` comes from a verified signed set whose digest is ``manifest_digest``;
+    ``images`` are its image bytes, each checked against the set; ``lock`` is the job's request
+    as the set's lock policy allows it.
+    """
 
     job: Job
-    images: dict[str, bytes]
+    set_id: str
     manifest_digest: str
     station_id: str
+    firmware_set: FirmwareSet | None = None  # None only for the record of an interrupted unit
+    images: dict[str, bytes] = field(default_factory=dict)
+    lock: bool = False
+
+    def programmable_set(self) -> FirmwareSet:
+        """The set to program; a plan without one is a bug in the caller."""
+        if self.firmware_set is None:
+            raise IllegalTransition(f"plan of job {self.job.job_id} has no firmware set")
+        return self.firmware_set
 
 
 @dataclass
@@ -122,26 +144,27 @@ class UnitRun:
         return UnitRecord(
             record_id=self.record_id, seq=seq, station=self.plan.station_id, slot=self.slot,
             job_id=job.job_id, product=job.product, serial=self.serial, chip_uid=self.chip_uid,
-            firmware_set_id=job.firmware_set.set_id, manifest_digest=self.plan.manifest_digest,
+            firmware_set_id=self.plan.set_id, manifest_digest=self.plan.manifest_digest,
             images=tuple(self.images.values()), started_at=self.started_at,
             finished_at=datetime.now(UTC), stages=tuple(self.timings),
             outcome="pass" if self.passed else "fail",
             routing="ship" if self.passed else "rework", failure=failure, aborted=self.aborted,
-            valid_flag_set=self.valid_flag_set, lock_requested=job.lock, locked=self.locked,
+            valid_flag_set=self.valid_flag_set, lock_requested=self.plan.lock, locked=self.locked,
             recovered_locked_part=self.recovered_locked_part, agent_version=__version__,
         )
 
 
-TakeSerial = Callable[[str, str | None], Awaitable[str | None]]
+# (slot, chip uid, manifest digest) -> the serial, or None when the job has none left
+TakeSerial = Callable[[str, str | None, str], Awaitable[str | None]]
 
 
 def _planned_images(run: UnitRun) -> list[tuple[ImageSpec, bytes]]:
-    images = run.plan.job.firmware_set.ordered_images()
+    images = run.plan.programmable_set().ordered_images()
     return [(spec, run.plan.images[spec.name]) for spec in images]
 
 
 def _manufacturing(run: UnitRun) -> tuple[ImageSpec, bytes] | None:
-    fs = run.plan.job.firmware_set
+    fs = run.plan.programmable_set()
     if fs.manufacturing is None:
         return None
     fields = {"serial": run.serial or "", "chip_uid": run.chip_uid or "",
@@ -170,7 +193,7 @@ def _result(spec: ImageSpec) -> ImageResult:
 async def program_unit(run: UnitRun, programmer: Programmer, *, take_serial: TakeSerial) -> None:
     """Run the slot's stages from CONNECT through LOCK; raises UnitFailure or ProgrammerError."""
     job = run.plan.job
-    fs = job.firmware_set
+    fs = run.plan.programmable_set()
     target = fs.target.pyocd_target or fs.target.bootloader or fs.target.family
     run.enter(Stage.CONNECT)
     connection = await programmer.connect(ConnectOptions(target=target,
@@ -181,7 +204,7 @@ async def program_unit(run: UnitRun, programmer: Programmer, *, take_serial: Tak
     run.chip_uid = await programmer.read_unique_id()
 
     run.enter(Stage.SERIALIZE)
-    run.serial = await take_serial(run.slot, run.chip_uid)
+    run.serial = await take_serial(run.slot, run.chip_uid, run.plan.manifest_digest)
     if run.serial is None:
         raise UnitFailure(code=FailureCode.SERIALS_EXHAUSTED, stage=Stage.SERIALIZE,
                           detail=f"job {job.job_id} has no serials left")
@@ -208,7 +231,7 @@ async def program_unit(run: UnitRun, programmer: Programmer, *, take_serial: Tak
     await programmer.set_valid_flag(flag)
     run.valid_flag_set = True
 
-    if job.lock:
+    if run.plan.lock:
         run.enter(Stage.LOCK)
         await programmer.lock()
         run.locked = True

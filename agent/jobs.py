@@ -45,7 +45,7 @@ class JobView:
     def progress(self) -> JobProgress:
         """The status view of this job."""
         return JobProgress(job_id=self.job.job_id, product=self.job.product,
-                           firmware_set_id=self.job.firmware_set.set_id,
+                           firmware_set_id=self.job.set_id,
                            quantity=self.job.quantity, passed=self.passed, failed=self.failed,
                            state=self.state)
 
@@ -59,6 +59,7 @@ class InterruptedUnit:
     serial: str
     chip_uid: str | None
     started_at: float
+    manifest_digest: str
 
 
 class JobBook:
@@ -110,7 +111,8 @@ class JobBook:
         self.changed.set()
         return True
 
-    async def take_serial(self, *, slot: str, chip_uid: str | None) -> str | None:
+    async def take_serial(self, *, slot: str, chip_uid: str | None,
+                          manifest_digest: str) -> str | None:
         """Hand the next serial of the current job to the unit in ``slot``; None when used up.
 
         The serial is consumed durably before anything unit-specific is written to the board, so
@@ -127,8 +129,8 @@ class JobBook:
                              (view.job.job_id,))
             await tx.execute(
                 "INSERT OR REPLACE INTO units_in_progress (slot, job_id, serial, chip_uid, "
-                "started_at) VALUES (?, ?, ?, ?, ?)",
-                (slot, view.job.job_id, serial, chip_uid, time.time()))
+                "started_at, manifest_digest) VALUES (?, ?, ?, ?, ?, ?)",
+                (slot, view.job.job_id, serial, chip_uid, time.time(), manifest_digest))
         self.current = JobView(view.job, view.state, view.next_serial + 1, view.passed,
                                view.failed)
         return serial
@@ -160,7 +162,8 @@ class JobBook:
     async def interrupted(self) -> list[InterruptedUnit]:
         """Units that were under way when the station last stopped."""
         rows = await self._store.fetchall(
-            "SELECT slot, job_id, serial, chip_uid, started_at FROM units_in_progress")
+            "SELECT slot, job_id, serial, chip_uid, started_at, manifest_digest "
+            "FROM units_in_progress")
         return [InterruptedUnit(*row) for row in rows]
 
     async def job(self, job_id: str) -> Job | None:

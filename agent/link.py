@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 WINDOW = 200  # records in flight (published, not yet acknowledged) at most
 BATCH = 20  # publishes awaited together
-Handler = Callable[[bytes], Awaitable[object]]
+Handler = Callable[[bytes, str], Awaitable[object]]
 
 
 class Link:
@@ -47,6 +47,7 @@ class Link:
         self._status = status
         self._handlers: dict[str, Handler] = {self._topics.job: on_job,
                                               self._topics.acks: self._on_ack}
+        self._client: CheckedClient | None = None
         self._ack_timeout_s = ack_timeout_s
         self._session_expiry_s = session_expiry_s
         self._max_bytes = max_message_bytes
@@ -78,6 +79,7 @@ class Link:
             except* aiomqtt.MqttError as group:  # from the client or from any of _serve's tasks
                 log.warning("broker link down: %s", group.exceptions[0])
             finally:
+                self._client = None
                 self.connected.clear()
                 self._sent_at.clear()  # after a reconnect everything unacknowledged goes again
             if time.monotonic() - started > 30:
@@ -89,6 +91,7 @@ class Link:
             await client.subscribe(topic, qos=1)
         await client.publish_checked(self._topics.status, encode(self._status.snapshot()),
                                      retain=True)
+        self._client = client
         self.connected.set()
         async with asyncio.TaskGroup() as group:
             group.create_task(self._read(client), name="link-read")
@@ -104,22 +107,25 @@ class Link:
                 log.warning("message on unexpected topic %s ignored", topic)
                 continue
             try:
-                await handler(payload)
+                await handler(payload, topic)
             except (BadMessage, FirmwareSetError) as exc:
-                await self._reject(client, topic, exc)
+                await self.reject(topic, exc)
 
-    async def _reject(self, client: CheckedClient, topic: str,
-                      exc: BadMessage | FirmwareSetError) -> None:
+    async def reject(self, topic: str, exc: BadMessage | FirmwareSetError) -> None:
+        """Tell the plant why a message on ``topic`` was refused (dropped while offline)."""
+        client = self._client
         ref = exc.ref if isinstance(exc, BadMessage) else exc.set_id
         log.warning("rejected message on %s: %s", topic, exc)
         reject = Reject(station=self._station_id, topic=topic, ref=ref, code=exc.code,
                         reason=exc.reason, at=datetime.now(UTC))
+        if client is None:
+            return
         try:
             await client.publish_checked(self._topics.rejects, encode(reject))
         except PublishRefused as exc:
             log.error("%s", exc)  # noqa: TRY400 (a refusal, not a crash)
 
-    async def _on_ack(self, payload: bytes) -> None:
+    async def _on_ack(self, payload: bytes, topic: str) -> None:
         ack = parse_inbound(RecordAck, payload, max_bytes=self._max_bytes)
         await self._outbox.forget(ack.record_ids)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from itertools import pairwise
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -154,13 +154,17 @@ class SerialRange(Wire):
 
 
 class Job(Wire):
-    """A work order for one station: program ``quantity`` good units of ``product``."""
+    """A work order for one station: program ``quantity`` good units of ``product``.
+
+    The job names its firmware set by id; the set itself arrives signed on its own topic, and
+    the job waits until that set is verified and staged (nothing else is programmed instead).
+    """
 
     schema_: Literal["fixture-agent/job@1"] = Field("fixture-agent/job@1", alias="schema")
     job_id: Ident
     station: Ident | None = None
     product: Ident
-    firmware_set: FirmwareSet
+    set_id: Ident
     serials: SerialRange
     quantity: Annotated[int, Field(ge=1, le=1_000_000)]
     lock: bool = False
@@ -168,9 +172,6 @@ class Job(Wire):
 
     @model_validator(mode="after")
     def _consistent(self) -> Job:
-        if self.firmware_set.product != self.product:
-            raise ValueError(f"job is for product {self.product} but its firmware set "
-                             f"{self.firmware_set.set_id} is for {self.firmware_set.product}")
         if self.quantity > self.serials.count:
             raise ValueError(f"quantity {self.quantity} exceeds the {self.serials.count} "
                              "serials of the range")
@@ -285,5 +286,14 @@ class StationStatus(Wire):
     outbox_depth: int = 0
     last_seq: int = 0
     link_error: str | None = None
+    rollout: dict[str, Any] | None = None
     agent_version: str = ""
     at: datetime | None = None
+
+
+class Command(Wire):
+    """An operator command for one station (``fixture/v1/station/{id}/command``)."""
+
+    schema_: Literal["fixture-agent/command@1"] = Field("fixture-agent/command@1", alias="schema")
+    command: Literal["rollback"]
+    product: Ident | None = None

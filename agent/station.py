@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.cycle import Stage, UnitPlan, UnitRun, program_unit
-from agent.errors import FailureCode, FirmwareSetError, ProgrammerError, UnitFailure
+from agent.errors import FailureCode, ProgrammerError, UnitFailure
+from agent.firmware.manager import RolloutManager
+from agent.firmware.rollout import Waiting
 from agent.hw.fixture import Fixture, FixtureFault, Lamp
 from agent.hw.programmer import Programmer
-from agent.images import LocalImages, manifest_digest
 from agent.jobs import InterruptedUnit, JobBook
 from agent.messages import UnitRecord
 from agent.outbox import Outbox
@@ -49,7 +50,8 @@ class Station:
 
     def __init__(self, *, station_id: str, fixture: Fixture, programmers: dict[str, Programmer],
                  store: StationStore, jobs: JobBook, outbox: Outbox, status: StatusBoard,
-                 limits: StationLimits, images: LocalImages) -> None:
+                 limits: StationLimits, rollout: RolloutManager,
+                 sets_changed: asyncio.Event) -> None:
         self._id = station_id
         self._fixture = fixture
         self._programmers = programmers
@@ -58,9 +60,9 @@ class Station:
         self._outbox = outbox
         self._status = status
         self._limits = limits
-        self._images = images
-        self._plans: dict[str, UnitPlan] = {}
-        self._plan_errors: dict[str, str] = {}
+        self._rollout = rollout
+        self._sets_changed = sets_changed
+        self._plan: UnitPlan | None = None
         self._abort_code: FailureCode | None = None
         self._running = False
         self._background: set[asyncio.Task[None]] = set()
@@ -84,7 +86,10 @@ class Station:
                 if self._stopping or await self.refresh():
                     await asyncio.sleep(0.1)
                     continue
-                await self._cycle()
+                async with self._rollout.unit():  # no set activates or rolls back meanwhile
+                    if await self.refresh():
+                        continue
+                    await self._cycle()
                 await self._fixture.wait_for_removal()
                 self._fixture.show(Lamp.OFF)
         finally:
@@ -118,7 +123,7 @@ class Station:
         elif not view.runnable:
             blocked.append(f"job {view.job.job_id} is {view.state}")
         else:
-            plan_problem = await self._ensure_plan()
+            plan_problem = await self._prepare_plan()
             if plan_problem:
                 blocked.append(plan_problem)
         depth = await self._outbox.depth()
@@ -133,36 +138,46 @@ class Station:
                             last_seq=await self._outbox.last_seq())
         return blocked
 
-    async def _ensure_plan(self) -> str | None:
+    async def _prepare_plan(self) -> str | None:
+        """Make ``self._plan`` the current job's plan; returns why it cannot be, if it cannot."""
         view = self._jobs.current
         assert view is not None
         job = view.job
-        if job.job_id in self._plans:
-            return None
-        try:
-            images = await self._images.load(job.firmware_set)
-        except FirmwareSetError as exc:
-            self._plan_errors[job.job_id] = exc.reason
-            return f"images of {job.firmware_set.set_id} unusable: {exc.reason}"
-        self._plans = {job.job_id: UnitPlan(job=job, images=images,
-                                            manifest_digest=manifest_digest(job.firmware_set),
-                                            station_id=self._id)}
+        ready = await self._rollout.job_set(job.set_id)
+        if isinstance(ready, Waiting):
+            return (f"job {job.job_id} waits for firmware set {job.set_id}: "
+                    f"{ready.code}: {ready.reason}")
+        verified = ready.verified
+        manifest = verified.manifest
+        if manifest.product != job.product:
+            return (f"job {job.job_id} is for product {job.product} but set {job.set_id} is "
+                    f"for {manifest.product}")
+        if job.lock and manifest.lock == "never":
+            return f"job {job.job_id} asks to lock but set {job.set_id} forbids locking"
+        plan = self._plan
+        if plan is None or plan.job != job or plan.manifest_digest != verified.digest:
+            images = await self._rollout.image_bytes(ready)
+            lock = manifest.lock == "always" or (manifest.lock == "on-request" and job.lock)
+            self._plan = UnitPlan(job=job, set_id=verified.set_id,
+                                  manifest_digest=verified.digest, station_id=self._id,
+                                  firmware_set=verified.firmware_set, images=images, lock=lock)
         return None
 
     async def _wait_until_ready(self) -> None:
         while await self.refresh():
             waiters = [asyncio.ensure_future(event.wait())
-                       for event in (self._jobs.changed, self._outbox_changed)]
+                       for event in (self._jobs.changed, self._outbox_changed,
+                                     self._sets_changed)]
             await asyncio.wait(waiters, timeout=RECHECK_S, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
             self._jobs.changed.clear()
             self._outbox_changed.clear()
+            self._sets_changed.clear()
 
     async def _cycle(self) -> None:
-        view = self._jobs.current
-        assert view is not None
-        plan = self._plans[view.job.job_id]
+        plan = self._plan
+        assert plan is not None
         runs = {slot: UnitRun(slot=slot, plan=plan) for slot in self._programmers}
         self._abort_code = None
         self._running = True
@@ -232,8 +247,8 @@ class Station:
         if self._abort_code is not None:
             raise UnitFailure(code=self._abort_code, stage=str(run.stage), detail="unit aborted")
 
-    async def _take_serial(self, slot: str, chip_uid: str | None) -> str | None:
-        return await self._jobs.take_serial(slot=slot, chip_uid=chip_uid)
+    async def _take_serial(self, slot: str, chip_uid: str | None, digest: str) -> str | None:
+        return await self._jobs.take_serial(slot=slot, chip_uid=chip_uid, manifest_digest=digest)
 
     async def _commit(self, run: UnitRun) -> None:
         records: list[UnitRecord] = []
@@ -258,10 +273,9 @@ class Station:
             job = await self._jobs.job(unit.job_id)
             if job is None:
                 continue
-            run = _interrupted_run(unit, UnitPlan(job=job, images={}, station_id=self._id,
-                                                  manifest_digest=manifest_digest(
-                                                      job.firmware_set)))
-            await self._commit(run)
+            plan = UnitPlan(job=job, set_id=job.set_id, manifest_digest=unit.manifest_digest,
+                            station_id=self._id)
+            await self._commit(_interrupted_run(unit, plan))
 
 
 def _interrupted_run(unit: InterruptedUnit, plan: UnitPlan) -> UnitRun:

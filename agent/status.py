@@ -19,6 +19,7 @@ class _Fields:
     outbox_depth: int = 0
     last_seq: int = 0
     link_error: str | None = None
+    rollout: dict[str, Any] | None = None
 
 
 class StatusBoard:
@@ -52,7 +53,7 @@ class StatusBoard:
         return StationStatus(station=self.station_id, state="online",
                              accepting_units=f.accepting_units, blocked=f.blocked, job=f.job,
                              outbox_depth=f.outbox_depth, last_seq=f.last_seq,
-                             link_error=f.link_error,
+                             link_error=f.link_error, rollout=f.rollout,
                              agent_version=__version__, at=datetime.now(UTC))
 
     def offline(self) -> StationStatus:

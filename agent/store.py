@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS units_in_progress (
     job_id     TEXT NOT NULL,
     serial     TEXT NOT NULL,
     chip_uid   TEXT,
-    started_at REAL NOT NULL
+    started_at REAL NOT NULL,
+    manifest_digest TEXT NOT NULL
 );
 """
 

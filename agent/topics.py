@@ -39,9 +39,24 @@ class StationTopics:
         return f"{self.base}/acks"
 
     @property
+    def firmware_set(self) -> str:
+        """Plant -> station, retained: a signed firmware set for this station."""
+        return f"{self.base}/firmware-set"
+
+    @property
+    def command(self) -> str:
+        """Plant -> station, QoS 1: operator commands (rollback)."""
+        return f"{self.base}/command"
+
+    @property
     def rejects(self) -> str:
         """Station -> plant, QoS 1: why an inbound message was refused."""
         return f"{self.base}/rejects"
+
+
+def group_firmware_set(group: str) -> str:
+    """Plant -> stations of ``group``, retained: a signed firmware set for all of them."""
+    return f"{ROOT}/group/{group}/firmware-set"
 
 
 ALL_RECORDS = f"{ROOT}/station/+/records"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,18 @@ import pytest
 from agent.mqtt import BrokerEndpoint
 from agent.recorder import Recorder, RecordStore, open_record_db
 from agent.sim.broker import LocalBroker
+
+
+@pytest.fixture(autouse=True)
+def _isolated_sim_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A station under test makes its simulation settings process-wide; undo that after."""
+    from agent.sim.nrf52840 import settings
+
+    monkeypatch.delenv(settings.BOARD_DIR_ENV, raising=False)
+    monkeypatch.delenv(settings.TIMING_ENV, raising=False)
+    yield
+    settings.set_board_dir(None)
+    settings.set_timing(None)
 
 
 @pytest.fixture

@@ -11,11 +11,13 @@ from typing import Any
 
 from agent.app import StationParts, build_hardware, serve
 from agent.config import StationConfig, parse_config
-from agent.demo.images import demo_firmware_set, demo_job, write_images
+from agent.demo.images import ReleaseKey, demo_job, demo_manifest, write_images
 from agent.mqtt import BrokerEndpoint
 from agent.plant.publish import publish_retained
 from agent.topics import StationTopics
 
+RELEASE = ReleaseKey("test-release")  # the plant's signing key for the whole test session
+SET_ID = "sensor-node-2026.11"
 PINS = {"clamp_sensor": 17, "clamp_actuator": 27, "dut_power": 22, "interlock": 23,
         "lamp_pass": 5, "lamp_fail": 6, "lamp_busy": 13}
 
@@ -29,8 +31,9 @@ def station_raw(workdir: Path, port: int, *, station_id: str = "st-test",
                    "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
         "fixture": {"backend": "sim", "pins": dict(PINS), "clamp_settle_ms": 5,
                     "power_settle_ms": 1},
-        "slots": slots or [{"name": "a", "backend": "sim-flash"}],
+        "slots": slots or [{"name": "a", "backend": "pyocd", "probe": f"sim:{station_id}-a"}],
         "storage": {"dir": str(workdir / "station")},
+        "trust": RELEASE.trust_section(),
         "limits": {"record_ack_timeout_s": 2, "min_free_disk_mb": 1},
         "simulation": {"board_dir": str(workdir / "boards")},
     }
@@ -41,21 +44,39 @@ def station_config(workdir: Path, port: int, **kwargs: Any) -> StationConfig:
     return parse_config(station_raw(workdir, port, **kwargs), source="test", base=workdir)
 
 
-def job_payload(workdir: Path, *, job_id: str, station: str, units: int,
-                uicr_flag: bool = False, **changes: Any) -> dict[str, Any]:
-    """A demo job (images written under ``workdir``) with top-level fields changed."""
-    images = write_images(workdir / "images")
-    job = demo_job(demo_firmware_set(images, uicr_flag=uicr_flag), job_id=job_id,
-                   station=station, units=units)
+def job_payload(*, job_id: str, station: str, units: int, set_id: str = SET_ID,
+                **changes: Any) -> dict[str, Any]:
+    """A demo job naming ``set_id``, with top-level fields changed."""
+    job = demo_job(set_id=set_id, job_id=job_id, station=station, units=units)
     job.update(changes)
     return job
 
 
-async def publish_job(port: int, station: str, payload: bytes | dict[str, Any]) -> None:
-    """Publish a retained job for ``station`` as the plant does."""
+def signed_set(workdir: Path, *, set_id: str = SET_ID, sequence: int = 7, variant: str = "",
+               uicr_flag: bool = False, **manifest_changes: Any) -> bytes:
+    """The demo product's set (images written under ``workdir``), signed by RELEASE."""
+    images = write_images(workdir / f"images{variant}", variant=variant)
+    manifest = demo_manifest(images, uicr_flag=uicr_flag, set_id=set_id, sequence=sequence)
+    manifest.update(manifest_changes)
+    return RELEASE.sign(manifest)
+
+
+async def publish(port: int, topic: str, payload: bytes | dict[str, Any]) -> None:
+    """Publish retained as the plant does."""
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    await publish_retained(BrokerEndpoint(host="127.0.0.1", port=port),
-                           StationTopics(station).job, raw, client_id="plant-test")
+    await publish_retained(BrokerEndpoint(host="127.0.0.1", port=port), topic, raw,
+                           client_id="plant-test")
+
+
+async def publish_job(port: int, station: str, payload: bytes | dict[str, Any]) -> None:
+    """Publish a retained job for ``station``."""
+    await publish(port, StationTopics(station).job, payload)
+
+
+async def start_job(port: int, station: str, workdir: Path, *, job_id: str, units: int) -> None:
+    """Publish the signed demo set and a job naming it."""
+    await publish(port, StationTopics(station).firmware_set, signed_set(workdir))
+    await publish_job(port, station, job_payload(job_id=job_id, station=station, units=units))
 
 
 @contextlib.asynccontextmanager

@@ -18,10 +18,11 @@ from pathlib import Path
 from agent.recorder import missing_sequences
 from agent.sim.broker import LocalBroker
 from tests.conftest import PlantRecorder
-from tests.helpers import eventually, job_payload, publish_job
+from tests.helpers import RELEASE, eventually, start_job
 
 
 def write_config(path: Path, workdir: Path, port: int) -> None:
+    pem = RELEASE.trust_section()["keys"][0]["public_key_pem"]
     path.write_text(f"""
 [station]
 id = "st-crash"
@@ -48,6 +49,8 @@ backend = "sim-flash"
 op_delay_ms = 15
 [storage]
 dir = "{workdir}/station"
+[trust]
+keys = [{{ key_id = "{RELEASE.key_id}", alg = "ed25519", public_key_pem = '''{pem}''' }}]
 [limits]
 record_ack_timeout_s = 1
 min_free_disk_mb = 1
@@ -79,8 +82,7 @@ async def test_sigkill_mid_run_loses_nothing_and_counts_nothing_twice(
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
     notify.setblocking(False)
-    job = job_payload(tmp_path, job_id="wo-7007", station="st-crash", units=40)
-    await publish_job(broker.port, "st-crash", job)
+    await start_job(broker.port, "st-crash", tmp_path, job_id="wo-7007", units=40)
 
     first = await start_station(config, notify_path, units=40)
     await eventually(lambda: recorder.count("st-crash"), what="first records")
@@ -88,7 +90,8 @@ async def test_sigkill_mid_run_loses_nothing_and_counts_nothing_twice(
     first.send_signal(signal.SIGKILL)
     await first.wait()
     before = notifications(notify)
-    assert "READY=1" in before and "WATCHDOG=1" in before
+    assert "READY=1" in before
+    assert "WATCHDOG=1" in before
 
     second = await start_station(config, notify_path, units=3)
     await eventually(lambda: _station_settled(tmp_path, recorder), timeout=30,
@@ -96,7 +99,8 @@ async def test_sigkill_mid_run_loses_nothing_and_counts_nothing_twice(
     second.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(second.wait(), 15) == 0
     after = notifications(notify)
-    assert "READY=1" in after and "STOPPING=1" in after
+    assert "READY=1" in after
+    assert "STOPPING=1" in after
 
     db = sqlite3.connect(tmp_path / "station" / "station.db")
     passed, failed, next_serial = db.execute(
@@ -113,7 +117,8 @@ async def test_sigkill_mid_run_loses_nothing_and_counts_nothing_twice(
     assert await missing_sequences(recorder.db, "st-crash") == []
     for record in records:
         if record["outcome"] == "fail":  # only the unit the kill interrupted may fail
-            assert record["failure"]["code"] == "station_restart" and record["aborted"]
+            assert record["failure"]["code"] == "station_restart"
+            assert record["aborted"]
 
 
 async def _at_least(recorder: PlantRecorder, count: int) -> bool:

@@ -7,17 +7,18 @@ from pathlib import Path
 
 from agent.recorder import find_by_serial, missing_sequences
 from agent.sim.broker import LocalBroker
+from agent.sim.nrf52840.boards import inject_disconnect, inject_stuck_word
 from tests.conftest import PlantRecorder
-from tests.helpers import eventually, job_payload, publish_job, running_station, station_config
+from tests.helpers import eventually, running_station, start_job, station_config
 
 
 async def test_line_keeps_programming_while_broker_is_down_and_records_drain_after(
         tmp_path: Path, broker: LocalBroker, recorder: PlantRecorder) -> None:
     config = station_config(tmp_path, broker.port)
-    job = job_payload(tmp_path, job_id="wo-4004", station="st-test", units=8)
+    job = ("wo-4004", 8)
     async with running_station(config) as (parts, sim):
         await eventually(parts.link.connected.is_set, what="link")
-        await publish_job(broker.port, "st-test", job)
+        await start_job(broker.port, "st-test", tmp_path, job_id=job[0], units=job[1])
         await eventually(lambda: parts.jobs.current is not None, what="job")
         assert await sim.operator.run(2) == ["pass"] * 2
         await eventually(lambda: recorder.has(2), what="first records")
@@ -45,10 +46,10 @@ async def test_interlock_opened_mid_unit_cuts_power_and_fails_the_unit(
         tmp_path: Path, broker: LocalBroker, recorder: PlantRecorder) -> None:
     config = station_config(tmp_path, broker.port,
                             slots=[{"name": "a", "backend": "sim-flash", "op_delay_ms": 40}])
-    job = job_payload(tmp_path, job_id="wo-5005", station="st-test", units=2)
+    job = ("wo-5005", 2)
     async with running_station(config) as (parts, sim):
         await eventually(parts.link.connected.is_set, what="link")
-        await publish_job(broker.port, "st-test", job)
+        await start_job(broker.port, "st-test", tmp_path, job_id=job[0], units=job[1])
         await eventually(lambda: parts.jobs.current is not None, what="job")
         operator = sim.operator
         unit = asyncio.create_task(operator.cycle_one())
@@ -62,7 +63,8 @@ async def test_interlock_opened_mid_unit_cuts_power_and_fails_the_unit(
         assert await operator.cycle_one() == "pass"  # the station takes the next unit
         await eventually(lambda: recorder.has(2), what="records")
     (aborted,) = await find_by_serial(recorder.db, "SN-001000")
-    assert aborted["outcome"] == "fail" and aborted["routing"] == "rework"
+    assert aborted["outcome"] == "fail"
+    assert aborted["routing"] == "rework"
     assert aborted["aborted"] is True
     assert aborted["failure"]["code"] == "interlock_open"
     assert aborted["failure"]["stage"] == "program"
@@ -71,31 +73,41 @@ async def test_interlock_opened_mid_unit_cuts_power_and_fails_the_unit(
     assert passed["outcome"] == "pass"
 
 
-async def test_readback_mismatch_fails_the_unit_naming_the_region(
+async def test_readback_mismatch_and_probe_loss_fail_the_unit_and_the_line_goes_on(
         tmp_path: Path, broker: LocalBroker, recorder: PlantRecorder) -> None:
-    config = station_config(tmp_path, broker.port)
-    job = job_payload(tmp_path, job_id="wo-6006", station="st-test", units=1)
+    config = station_config(tmp_path, broker.port)  # pyOCD on a virtual nRF52840
     async with running_station(config) as (parts, sim):
         await eventually(parts.link.connected.is_set, what="link")
-        await publish_job(broker.port, "st-test", job)
+        await start_job(broker.port, "st-test", tmp_path, job_id="wo-6006", units=2)
         await eventually(lambda: parts.jobs.current is not None, what="job")
         bay = sim.bays["a"]
         original = bay.place_new_board
 
-        def weak_board() -> str:
-            uid = original()
-            bay.board.weak_words.add(0x0001_0100)  # a word in the application that won't take
+        def board_with(fault: str) -> str:
+            uid: str = original()
+            if fault == "stuck":  # a word in the application that won't take a write
+                inject_stuck_word(bay.board_dir, bay.probe_uid, 0x0001_0100)
+            else:  # the probe drops off the bus in the middle of flashing
+                inject_disconnect(bay.board_dir, bay.probe_uid, after_transfers=400)
             return uid
 
-        bay.place_new_board = weak_board
-        assert await sim.operator.cycle_one() == "fail"
+        for fault in ("stuck", "disconnect"):
+            bay.place_new_board = lambda fault=fault: board_with(fault)
+            assert await sim.operator.cycle_one() == "fail"
         bay.place_new_board = original
-        assert await sim.operator.cycle_one() == "pass"
-        await eventually(lambda: recorder.has(2), what="records")
+        assert await sim.operator.cycle_one() == "pass"  # no restart needed
+        await eventually(lambda: recorder.has(3), what="records")
     (bad,) = await find_by_serial(recorder.db, "SN-001000")
     assert bad["failure"]["code"] == "verify_mismatch"
     assert bad["failure"]["region"] == "application"
-    assert bad["valid_flag_set"] is False and bad["routing"] == "rework"
+    assert bad["valid_flag_set"] is False
+    assert bad["routing"] == "rework"
     verified = {i["name"]: i["verified"] for i in bad["images"]}
     assert verified == {"bootloader": True, "application": False, "filesystem": True,
                         "manufacturing": True}
+    (lost,) = await find_by_serial(recorder.db, "SN-001001")
+    assert lost["outcome"] == "fail"
+    assert lost["valid_flag_set"] is False
+    assert lost["failure"]["code"] == "probe_lost", lost["failure"]
+    (good,) = await find_by_serial(recorder.db, "SN-001002")
+    assert good["outcome"] == "pass"

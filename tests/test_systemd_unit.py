@@ -43,4 +43,5 @@ def test_unit_is_a_watched_notify_service_with_hardware_access() -> None:
     assert service["Restart"] == "on-failure"
     assert service["User"] == "fixture-agent"
     assert set(service["SupplementaryGroups"].split()) >= {"gpio", "plugdev", "dialout"}
-    assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
+    assert service["NoNewPrivileges"] == "yes"
+    assert service["ProtectSystem"] == "strict"

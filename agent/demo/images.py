@@ -1,10 +1,16 @@
-"""Demo firmware: three deterministic images and the job that programs them."""
+"""Demo firmware: three deterministic images, the signed set that carries them, and the job."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from agent.firmware.crypto import public_key_pem
+from agent.plant.keys import generate_private_key
+from agent.plant.sign import PemSigner, sign_set
 
 # Region map of the demo product on an nRF52840 (1 MiB flash, 4 KiB pages).
 DEMO_IMAGES = (
@@ -15,6 +21,7 @@ DEMO_IMAGES = (
 MANUFACTURING = {"address": 0x000F_E000, "size": 4096}
 VALID_FLAG_FLASH = {"kind": "flash-word", "address": 0x000F_F000, "value": 0x600DF00D}
 VALID_FLAG_UICR = {"kind": "uicr", "address": 0x1000_1080, "value": 0x600DF00D}
+PRODUCT = "sensor-node"
 
 
 def image_bytes(name: str, size: int) -> bytes:
@@ -27,12 +34,17 @@ def image_bytes(name: str, size: int) -> bytes:
     return bytes(out[:size])
 
 
-def write_images(folder: Path) -> list[dict[str, Any]]:
-    """Write the demo images to ``folder``; returns their manifest entries (file:// URLs)."""
+def write_images(folder: Path, *, variant: str = "") -> list[dict[str, Any]]:
+    """Write the demo images to ``folder``; returns their manifest entries (file:// URLs).
+
+    ``variant`` changes the application's content and version (a second release of the set).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for name, role, address, size, version, key_ref in DEMO_IMAGES:
-        data = image_bytes(name, size)
+        if variant and role == "application":
+            version = f"{version}+{variant}"
+        data = image_bytes(f"{name}{variant if role == 'application' else ''}", size)
         path = folder / f"{name}-{version}.bin"
         path.write_bytes(data)
         entries.append({"name": name, "role": role, "address": address, "size": size,
@@ -41,20 +53,43 @@ def write_images(folder: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def demo_firmware_set(images: list[dict[str, Any]], *, uicr_flag: bool) -> dict[str, Any]:
-    """The demo product's firmware set."""
-    return {"schema": "fixture-agent/firmware-set@1", "set_id": "sensor-node-2026.11",
-            "product": "sensor-node", "sequence": 7,
+def demo_manifest(images: list[dict[str, Any]], *, uicr_flag: bool, set_id: str,
+                  sequence: int, activation: str = "next_job",
+                  lock: str = "on-request") -> dict[str, Any]:
+    """A firmware-set manifest (schema v2) of the demo product, valid for 30 days."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    return {"schema": "fixture-agent/firmware-set@2", "set_id": set_id, "product": PRODUCT,
+            "sequence": sequence,
+            "not_before": (now - timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+            "expires": (now + timedelta(days=30)).isoformat().replace("+00:00", "Z"),
             "target": {"family": "nrf52", "pyocd_target": "nrf52840"},
             "images": images, "manufacturing": MANUFACTURING,
-            "valid_flag": VALID_FLAG_UICR if uicr_flag else VALID_FLAG_FLASH}
+            "valid_flag": VALID_FLAG_UICR if uicr_flag else VALID_FLAG_FLASH,
+            "lock": lock, "activation": {"mode": activation}}
 
 
-def demo_job(firmware_set: dict[str, Any], *, job_id: str, station: str, units: int,
+class ReleaseKey:
+    """The plant's release signing key for a demo or test run (never given to a station)."""
+
+    def __init__(self, key_id: str = "demo-release") -> None:
+        self.key_id = key_id
+        self._signer = PemSigner(generate_private_key("ed25519"), key_id=key_id)
+
+    def trust_section(self) -> dict[str, Any]:
+        """The station's ``[trust]`` table for this key."""
+        return {"keys": [{"key_id": self.key_id, "alg": "ed25519",
+                          "public_key_pem": public_key_pem(self._signer.public_key())}]}
+
+    def sign(self, manifest: dict[str, Any]) -> bytes:
+        """The signed set, as published."""
+        return sign_set(json.dumps(manifest).encode(), self._signer)
+
+
+def demo_job(*, set_id: str, job_id: str, station: str, units: int,
              first_serial: int = 1000) -> dict[str, Any]:
     """A job for ``units`` good units with room in the serial range for rework."""
     return {"schema": "fixture-agent/job@1", "job_id": job_id, "station": station,
-            "product": "sensor-node", "firmware_set": firmware_set,
+            "product": PRODUCT, "set_id": set_id,
             "serials": {"prefix": "SN-", "first": first_serial,
                         "last": first_serial + 2 * units + 10, "width": 6},
             "quantity": units, "lock": False}

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from agent.app import StationParts, build_hardware, serve
 from agent.commands.recorder import format_trace
 from agent.config import StationConfig, parse_config
-from agent.demo.images import demo_firmware_set, demo_job, write_images
+from agent.demo.images import ReleaseKey, demo_job, demo_manifest, write_images
 from agent.messages import UnitRecord
 from agent.mqtt import BrokerEndpoint
 from agent.plant.publish import publish_retained
@@ -37,13 +37,15 @@ from agent.topics import StationTopics
 ACK_WAIT_S = 60.0
 
 
-def demo_config(*, workdir: Path, broker_port: int, backend: str) -> StationConfig:
-    """The embedded demo configuration with this run's broker port, folders and slot backend."""
+def demo_config(*, workdir: Path, broker_port: int, backend: str,
+                trust: dict[str, Any]) -> StationConfig:
+    """The embedded demo configuration with this run's broker, folders, backend and key."""
     raw: dict[str, Any] = tomllib.loads(
         resources.files("agent.demo").joinpath("station.toml").read_text())
     raw["broker"]["port"] = broker_port
     raw["storage"]["dir"] = str(workdir / "station")
     raw["simulation"]["board_dir"] = str(workdir / "boards")
+    raw["trust"] = trust
     if backend == "sim-flash":
         raw["slots"] = [{"name": "a", "backend": "sim-flash"}]
     return parse_config(raw, source="demo", base=workdir)
@@ -68,6 +70,7 @@ class Demo:
         self.out = out
         self.records: list[UnitRecord] = []
         self._recorder: Recorder
+        self._release_key = ReleaseKey()
 
     def say(self, line: str) -> None:
         """One line of demo output."""
@@ -81,7 +84,8 @@ class Demo:
         db = await open_record_db(self.workdir / "plant" / "records.db")
         endpoint = BrokerEndpoint(host="127.0.0.1", port=broker.port)
         recorder = self._recorder = Recorder(endpoint=endpoint, store=RecordStore(db))
-        config = demo_config(workdir=self.workdir, broker_port=broker.port, backend=self.backend)
+        config = demo_config(workdir=self.workdir, broker_port=broker.port, backend=self.backend,
+                             trust=self._release_key.trust_section())
         hardware = await build_hardware(config)
         started: asyncio.Future[StationParts] = asyncio.get_running_loop().create_future()
         try:
@@ -112,14 +116,21 @@ class Demo:
                         endpoint: BrokerEndpoint, db: Any) -> DemoResult:
         await asyncio.wait_for(parts.link.connected.wait(), 10)
         await asyncio.wait_for(self._recorder.connected.wait(), 10)
-        images = write_images(self.workdir / "images")
-        firmware_set = demo_firmware_set(images, uicr_flag=self.backend == "pyocd")
-        job = demo_job(firmware_set, job_id=f"demo-{int(time.time())}", station=config.station.id,
-                       units=self.units)
-        await publish_retained(endpoint, StationTopics(config.station.id).job,
-                               json.dumps(job).encode(), client_id="plant-demo")
+        topics = StationTopics(config.station.id)
+        manifest = demo_manifest(write_images(self.workdir / "images"),
+                                 uicr_flag=self.backend == "pyocd", set_id="sensor-node-2026.11",
+                                 sequence=7)
+        signed = self._release_key.sign(manifest)
+        await publish_retained(endpoint, topics.firmware_set, signed, client_id="plant-demo")
+        self.say(f"firmware set {manifest['set_id']} (sequence {manifest['sequence']}, "
+                 f"{len(manifest['images'])} images) signed by {self._release_key.key_id} "
+                 "and published")
+        job = demo_job(set_id=manifest["set_id"], job_id=f"demo-{int(time.time())}",
+                       station=config.station.id, units=self.units)
+        await publish_retained(endpoint, topics.job, json.dumps(job).encode(),
+                               client_id="plant-demo")
         self.say(f"job {job['job_id']}: {self.units} x {job['product']} with firmware set "
-                 f"{firmware_set['set_id']}")
+                 f"{job['set_id']}")
         t0 = time.monotonic()
         await sim.operator.run(self.units)
         elapsed = time.monotonic() - t0
