@@ -12,7 +12,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from agent.config import PyOcdSlot, StationConfig, UartSlot
 from agent.errors import FailureCode
@@ -59,10 +59,20 @@ def build_programmer(slot: PyOcdSlot | UartSlot, *, pin_factory: Any) -> Program
     from agent.hw.stm32_uart import Stm32UartProgrammer
 
     boot = None
-    if slot.boot0_pin is not None and slot.nreset_pin is not None:
+    if slot.boot0_pin is not None or slot.nreset_pin is not None:
         boot = BootControl(boot0_pin=slot.boot0_pin, nreset_pin=slot.nreset_pin,
                            pin_factory=pin_factory)
     return Stm32UartProgrammer(port=slot.port, baud=slot.baud, parity=slot.parity, boot=boot)
+
+
+@runtime_checkable
+class _WorkerOwner(Protocol):
+    def shutdown(self) -> None:
+        """Stop the backend's worker thread."""
+
+
+def _stop_workers(programmers: dict[str, Programmer]) -> list[Callable[[], Any]]:
+    return [p.shutdown for p in programmers.values() if isinstance(p, _WorkerOwner)]
 
 
 async def build_hardware(config: StationConfig) -> Hardware:
@@ -73,7 +83,7 @@ async def build_hardware(config: StationConfig) -> Hardware:
         sim_fixture, sim_programmers, sim = await build_simulated_hardware(config,
                                                                            build_programmer)
         return Hardware(fixture=sim_fixture, programmers=sim_programmers, sim=sim,
-                        closers=[sim.close])
+                        closers=[*_stop_workers(sim_programmers), sim.close])
     fixture = GpioFixture(pins=config.fixture.pins, pin_factory=None,
                           bounce_ms=config.fixture.clamp_bounce_ms,
                           settle_ms=config.fixture.clamp_settle_ms)
@@ -83,7 +93,8 @@ async def build_hardware(config: StationConfig) -> Hardware:
             raise TypeError(f"slot {slot.name}: backend {slot.backend} needs fixture.backend "
                              "= 'sim'")
         programmers[slot.name] = build_programmer(slot, pin_factory=None)
-    return Hardware(fixture=fixture, programmers=programmers)
+    return Hardware(fixture=fixture, programmers=programmers,
+                    closers=_stop_workers(programmers))
 
 
 @dataclass

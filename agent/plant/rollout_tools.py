@@ -18,8 +18,8 @@ from pydantic import ValidationError
 from agent.firmware.rollout import RolloutSummary, SetStatus
 from agent.mqtt import BrokerEndpoint, make_client
 from agent.plant.publish import publish_retained
+from agent.topics import ALL_STATUS, StationTopics, group_firmware_set
 
-ROOT = "fixture/v1"
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")  # station ids and group names (no wildcards)
 MAX_STATUS_BYTES = 1024 * 1024
 
@@ -31,7 +31,7 @@ def set_topic(*, station: str | None = None, group: str | None = None) -> str:
     kind, name = ("station", station) if station is not None else ("group", group)
     if name is None or not NAME.match(name):
         raise ValueError(f"{kind} name {name!r} must match {NAME.pattern}")
-    return f"{ROOT}/{kind}/{name}/firmware-set"
+    return StationTopics(name).firmware_set if kind == "station" else group_firmware_set(name)
 
 
 async def publish_set(endpoint: BrokerEndpoint, topic: str, signed: bytes, *,
@@ -55,7 +55,7 @@ async def collect_rollout(endpoint: BrokerEndpoint, *, client_id: str, quiet_s: 
     """Read every retained station status; stops after ``quiet_s`` without a new one."""
     found: dict[str, StationRollout] = {}
     async with make_client(endpoint, client_id=client_id) as client:
-        await client.subscribe(f"{ROOT}/station/+/status", qos=1)
+        await client.subscribe(ALL_STATUS, qos=1)
         messages = aiter(client.messages)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_s
