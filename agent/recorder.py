@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import aiosqlite
 
 from agent.errors import BadMessage
 from agent.messages import RecordAck, UnitRecord
-from agent.mqtt import Backoff, BrokerEndpoint, CheckedClient, make_client
+from agent.mqtt import Backoff, BrokerEndpoint, CheckedClient, PublishRefused, make_client
 from agent.topics import ALL_RECORDS, StationTopics, station_of
 from agent.wire import encode, parse_inbound
 
@@ -146,8 +147,8 @@ class Recorder:
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._read(client))
                         group.create_task(self._write(client))
-            except Exception as exc:
-                log.warning("recorder link down: %s", exc)
+            except* aiomqtt.MqttError as group:  # anything else is a bug: let it surface
+                log.warning("recorder link down: %s", group.exceptions[0])
             self.connected.clear()
             await asyncio.sleep(backoff.next_delay())
 
@@ -168,7 +169,10 @@ class Recorder:
             for station, ids in acks.items():
                 for start in range(0, len(ids), 1000):
                     ack = RecordAck(record_ids=tuple(ids[start:start + 1000]))
-                    await client.publish_checked(StationTopics(station).acks, encode(ack))
+                    try:
+                        await client.publish_checked(StationTopics(station).acks, encode(ack))
+                    except PublishRefused as exc:  # the station resends; we store it once
+                        log.error("%s", exc)  # noqa: TRY400 (an ACL refusal, not a crash)
 
 
 async def find_by_serial(db: aiosqlite.Connection, serial: str) -> list[dict[str, Any]]:

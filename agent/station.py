@@ -197,13 +197,15 @@ class Station:
                 run.enter(Stage.POWER_OFF)
             self._fixture.safe_state()
             self._running = False
-        for run in runs.values():
-            run.finish()
-            await self._commit(run)
+        try:
+            for run in runs.values():
+                run.finish()
+                await self._commit(run)
+        finally:
+            self._idle.set()
         self.units_done += 1
         passed = all(run.passed for run in runs.values())
         self._fixture.show(Lamp.PASS if passed else Lamp.FAIL)  # only after the records are stored
-        self._idle.set()
         await self.refresh()
 
     async def _power_up(self, runs: dict[str, UnitRun]) -> bool:

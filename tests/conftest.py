@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import pytest
 
-from agent.mqtt import BrokerEndpoint
+from agent.mqtt import BrokerEndpoint, make_client
 from agent.recorder import Recorder, RecordStore, open_record_db
 from agent.sim.broker import LocalBroker
+from agent.topics import StationTopics
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +40,25 @@ async def broker(tmp_path: Path) -> AsyncIterator[LocalBroker]:
         yield local
     finally:
         await local.stop()
+
+
+@pytest.fixture
+async def rejects(broker: LocalBroker) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every reject station st-test publishes during the test, decoded, in order."""
+    client = make_client(BrokerEndpoint(host="127.0.0.1", port=broker.port),
+                         client_id="plant-rejects")
+    received: list[dict[str, Any]] = []
+
+    async def collect() -> None:
+        async for message in client.messages:
+            assert isinstance(message.payload, bytes)
+            received.append(json.loads(message.payload))
+
+    async with client:
+        await client.subscribe(StationTopics("st-test").rejects, qos=1)
+        task = asyncio.create_task(collect())
+        yield received
+        task.cancel()
 
 
 @dataclass

@@ -104,7 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
     state: ImageServer
 
     def log_message(self, format: str, *args: object) -> None:
-        pass
+        """Quiet: the tests read the server's state, not its access log."""
 
     def _send(self, status: int, body: bytes, *, length: int | None = None,
               headers: dict[str, str] | None = None) -> None:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from agent.mqtt import BrokerEndpoint, make_client
 from agent.sim.broker import LocalBroker
 from agent.topics import StationTopics
 from tests.conftest import PlantRecorder
@@ -61,24 +57,6 @@ def bad_jobs(job: dict[str, Any]) -> list[tuple[str, bytes, str]]:
         ("for another station", _with(job, "station", "st-other"), "wrong_station"),
         ("oversized", b'{"pad": "' + b"x" * 300_000 + b'"}', "too_large"),
     ]
-
-
-@pytest.fixture
-async def rejects(broker: LocalBroker) -> Any:
-    client = make_client(BrokerEndpoint(host="127.0.0.1", port=broker.port),
-                         client_id="plant-rejects")
-    received: list[dict[str, Any]] = []
-
-    async def collect() -> None:
-        async for message in client.messages:
-            assert isinstance(message.payload, bytes)
-            received.append(json.loads(message.payload))
-
-    async with client:
-        await client.subscribe(StationTopics("st-test").rejects, qos=1)
-        task = asyncio.create_task(collect())
-        yield received
-        task.cancel()
 
 
 async def test_each_malformed_job_is_rejected_with_its_reason(

@@ -8,10 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent.demo.images import ReleaseKey, demo_manifest, write_images
-from agent.mqtt import BrokerEndpoint, make_client
 from agent.recorder import find_by_serial
 from agent.sim.broker import LocalBroker
 from agent.topics import StationTopics
@@ -29,24 +26,6 @@ from tests.helpers import (
 )
 
 TOPICS = StationTopics("st-test")
-
-
-@pytest.fixture
-async def rejects(broker: LocalBroker) -> Any:
-    client = make_client(BrokerEndpoint(host="127.0.0.1", port=broker.port),
-                         client_id="plant-rejects")
-    received: list[dict[str, Any]] = []
-
-    async def collect() -> None:
-        async for message in client.messages:
-            assert isinstance(message.payload, bytes)
-            received.append(json.loads(message.payload))
-
-    async with client:
-        await client.subscribe(TOPICS.rejects, qos=1)
-        task = asyncio.create_task(collect())
-        yield received
-        task.cancel()
 
 
 def _iso(moment: datetime) -> str:
