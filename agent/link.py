@@ -155,6 +155,7 @@ class Link:
     async def _publish_record(self, client: CheckedClient, record: PendingRecord) -> None:
         try:
             await client.publish_checked(self._topics.records, record.payload)
+            self._status.update(link_error=None)
         except PublishRefused as exc:
             # Not authorised or quota: keep the record, say so on the status, retry later.
             self._status.update(link_error=str(exc))

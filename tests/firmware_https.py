@@ -59,25 +59,33 @@ class LoopbackCA:
 
     def issue(self, folder: Path, *, dns: list[str], ips: list[str]) -> tuple[Path, Path]:
         """A server certificate and key for those names, written as PEM files."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
         names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+        return self._issue(folder, (dns or ips)[0], names, ExtendedKeyUsageOID.SERVER_AUTH)
+
+    def issue_client(self, folder: Path, common_name: str) -> tuple[Path, Path]:
+        """A client certificate whose CN is the MQTT identity (use_identity_as_username)."""
+        return self._issue(folder, common_name, [x509.DNSName(common_name)],
+                           ExtendedKeyUsageOID.CLIENT_AUTH)
+
+    def _issue(self, folder: Path, common_name: str, names: list[x509.GeneralName],
+               usage: x509.ObjectIdentifier) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (dns or ips)[0])]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(self.cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(hours=1))
             .not_valid_after(now + dt.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 self.key.public_key()), critical=False)
             .sign(self.key, hashes.SHA256())
         )
-        stem = (dns or ips)[0].replace(".", "_")
+        stem = common_name.replace(".", "_")
         cert_path, key_path = folder / f"{stem}.crt", folder / f"{stem}.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import shutil
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -56,6 +58,9 @@ class LocalBroker:
             f"listener {self.port} 127.0.0.1\n"
             f"persistence true\npersistence_location {self.workdir}/\n"
             f"log_dest file {self.workdir}/mosquitto.log\n"
+            # started as root, mosquitto would drop to user "mosquitto", who cannot read this
+            # run's private folder (ACL, certificates, log): keep the invoking user
+            f"user {getpass.getuser()}\n"
             f"{self.extra_config}")
         self._process = subprocess.Popen(  # noqa: ASYNC220 (returns at once; waits are async)
             [find_mosquitto(), "-c", str(self.config_path)],
@@ -72,6 +77,11 @@ class LocalBroker:
                 return
             await asyncio.sleep(0.025)
         raise TimeoutError(f"mosquitto did not listen on port {self.port}")
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads its ACL and password files."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGHUP)
 
     async def stop(self) -> None:
         """Stop mosquitto (SIGTERM, then SIGKILL) and wait for it."""
