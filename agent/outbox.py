@@ -60,11 +60,10 @@ class Outbox:
         self._notify()
         return seq
 
-    async def pending(self, *, after_seq: int = 0, limit: int = 100) -> list[PendingRecord]:
-        """Unacknowledged records after ``after_seq``, oldest first."""
+    async def pending(self, *, limit: int = 100) -> list[PendingRecord]:
+        """The oldest ``limit`` unacknowledged records, oldest first."""
         rows = await self._store.fetchall(
-            "SELECT seq, record_id, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit))
+            "SELECT seq, record_id, payload FROM outbox ORDER BY seq LIMIT ?", (limit,))
         return [PendingRecord(seq=r[0], record_id=r[1], payload=bytes(r[2])) for r in rows]
 
     async def forget(self, record_ids: Iterable[str]) -> int:

@@ -70,7 +70,6 @@ class Station:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
-        self.units_done = 0
         self.record_listeners: list[Callable[[UnitRecord], None]] = []
 
     async def run(self) -> None:
@@ -203,7 +202,6 @@ class Station:
                 await self._commit(run)
         finally:
             self._idle.set()
-        self.units_done += 1
         passed = all(run.passed for run in runs.values())
         self._fixture.show(Lamp.PASS if passed else Lamp.FAIL)  # only after the records are stored
         await self.refresh()
