@@ -27,8 +27,8 @@ from agent.wire import encode, parse_inbound
 
 log = logging.getLogger(__name__)
 
-WINDOW = 200  # records in flight (published, not yet acknowledged) at most
-BATCH = 20  # publishes awaited together
+WINDOW = 1000  # records in flight (published, not yet acknowledged) at most
+BATCH = 100  # publishes awaited together
 Handler = Callable[[bytes, str], Awaitable[object]]
 
 
