@@ -10,7 +10,12 @@ pty cannot keep parity. Each run gets a fresh blank board. Two images:
 Both tools erase, write and verify by reading back (stm32flash ``-w FILE -v``; the agent
 ``write`` then ``read`` + SHA-256). The floor is the wire time of the agent's own dense exchange
 (every command, address, data and ACK byte at 11 bits) plus the configured turnaround per reply.
-Figures are ratios within this run; the last line is one JSON object.
+
+Each tool first makes one untimed run of a small image (stm32flash's binary and the agent's code
+paths are then warm alike). The dense image is measured ``--rounds`` times, the tool that goes
+first alternating from round to round; its figures are medians over the rounds, and its ratio the
+median of the per-round ratios. Figures are ratios within this run; the last line is one JSON
+object.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import statistics
 import tempfile
 import time
 from multiprocessing.connection import Connection
@@ -40,6 +46,7 @@ FRAME_BITS = 11
 WRITE_BLOCK_BYTES = 2 + 1 + 5 + 1 + 258 + 1
 READ_BLOCK_BYTES = 2 + 1 + 5 + 1 + 2 + 1 + 256
 REPLIES_PER_BLOCK = 3
+TOOLS = ("stm32flash", "agent")
 
 
 def dense_image() -> bytes:
@@ -112,33 +119,55 @@ def floor_seconds(image_size: int, latency_ms: float) -> float:
     return wire + blocks * 2 * REPLIES_PER_BLOCK * latency_ms / 1e3
 
 
+async def run_on_new_board(
+    control: Connection, link: str, tool: str, image: bytes, image_file: Path
+) -> float:
+    """One timed write + verify by ``tool`` on a factory-fresh board; checks the flash after."""
+    control.send(("new-board",))
+    control.recv()
+    if tool == "stm32flash":
+        elapsed = await run_stm32flash(link, image_file)
+    else:
+        elapsed = await run_agent(link, image)
+    control.send(("sha256", FLASH, len(image)))
+    if control.recv() != hashlib.sha256(image).hexdigest():
+        raise RuntimeError(f"{tool} left the wrong contents in flash ({image_file.stem})")
+    return elapsed
+
+
 async def measure(
-    control: Connection, link: str, folder: Path, name: str, image: bytes
+    control: Connection, link: str, folder: Path, name: str, image: bytes, rounds: int = 1
 ) -> dict[str, Any]:
-    expected = hashlib.sha256(image).hexdigest()
     image_file = folder / f"{name}.bin"
     image_file.write_bytes(image)
-    times: dict[str, float] = {}
-    for tool in ("stm32flash", "agent"):
-        control.send(("new-board",))
-        control.recv()
-        if tool == "stm32flash":
-            times[tool] = await run_stm32flash(link, image_file)
-        else:
-            times[tool] = await run_agent(link, image)
-        control.send(("sha256", FLASH, len(image)))
-        if control.recv() != expected:
-            raise RuntimeError(f"{tool} left the wrong contents in flash ({name})")
-        print(f"{name:6s} {tool:10s} {times[tool]:7.2f} s", flush=True)
-    return {
+    times: dict[str, list[float]] = {tool: [] for tool in TOOLS}
+    for round_ in range(rounds):
+        for tool in TOOLS if round_ % 2 == 0 else TOOLS[::-1]:
+            elapsed = await run_on_new_board(control, link, tool, image, image_file)
+            times[tool].append(elapsed)
+            print(f"{name:6s} {tool:10s} {elapsed:7.2f} s", flush=True)
+    ratios = [agent / ref for agent, ref in zip(times["agent"], times["stm32flash"], strict=True)]
+    figures = {
         f"{name}_bytes": len(image),
-        f"{name}_stm32flash_s": round(times["stm32flash"], 3),
-        f"{name}_agent_s": round(times["agent"], 3),
-        f"{name}_agent_over_stm32flash": round(times["agent"] / times["stm32flash"], 3),
+        f"{name}_stm32flash_s": round(statistics.median(times["stm32flash"]), 3),
+        f"{name}_agent_s": round(statistics.median(times["agent"]), 3),
+        f"{name}_agent_over_stm32flash": round(statistics.median(ratios), 3),
     }
+    if rounds > 1:
+        figures[f"{name}_ratios"] = [round(ratio, 3) for ratio in ratios]
+    return figures
 
 
-async def bench(latency_ms: float) -> dict[str, Any]:
+async def warm_up(control: Connection, link: str, folder: Path) -> None:
+    """One untimed small run per tool: nothing in the timed runs is a first time."""
+    image = os.urandom(1024)
+    image_file = folder / "warm-up.bin"
+    image_file.write_bytes(image)
+    for tool in TOOLS:
+        await run_on_new_board(control, link, tool, image, image_file)
+
+
+async def bench(latency_ms: float, rounds: int) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,7 +179,9 @@ async def bench(latency_ms: float) -> dict[str, Any]:
                 raise RuntimeError("simulator did not start")
             figures: dict[str, Any] = {"baud": BAUD, "frame_bits": FRAME_BITS}
             figures["latency_ms"] = latency_ms
-            figures |= await measure(ours, link, Path(tmp), "dense", dense_image())
+            figures["rounds"] = rounds
+            await warm_up(ours, link, Path(tmp))
+            figures |= await measure(ours, link, Path(tmp), "dense", dense_image(), rounds)
             figures |= await measure(ours, link, Path(tmp), "sparse", sparse_image())
         finally:
             ours.send(("stop",))
@@ -164,8 +195,9 @@ async def bench(latency_ms: float) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-ms", type=float, default=0.0, help="turnaround per reply")
+    parser.add_argument("--rounds", type=int, default=3, help="dense-image rounds (medians)")
     args = parser.parse_args()
-    figures = asyncio.run(bench(args.latency_ms))
+    figures = asyncio.run(bench(args.latency_ms, args.rounds))
     print(json.dumps(figures, sort_keys=True))
 
 
