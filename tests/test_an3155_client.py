@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -178,70 +176,3 @@ async def test_silent_part_is_probe_lost(tmp_path: Path) -> None:
         with pytest.raises(ProbeLost, match="no answer while resynchronising after GET_ID"):
             await link.get_id()
         await link.close()
-
-
-async def test_blocks_go_back_to_back_yet_wait_for_every_reply(
-    client: An3155Client, sim: Stm32BootloaderSim, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    unread_at_reply: list[int] = []
-    send = sim.line.send
-
-    async def send_noting_unread(data: bytes) -> None:
-        unread_at_reply.append(sim.line._buffered)  # host bytes the part has not taken yet
-        await send(data)
-
-    monkeypatch.setattr(sim.line, "send", send_noting_unread)
-    blocks = [(FLASH + 256 * n, bytes([n]) * 256) for n in range(4)]
-    await client.write_blocks(blocks)
-    assert await client.read_blocks([(a, 256) for a, _ in blocks]) == [d for _, d in blocks]
-    assert len(unread_at_reply) == 4 * 3 + 4 * 3  # three replies per Write and per Read Memory
-    assert set(unread_at_reply) == {0}  # nothing was sent ahead of the reply it waited for
-
-
-async def test_a_lost_byte_mid_batch_is_recovered_and_the_rest_goes_on(
-    client: An3155Client, sim: Stm32BootloaderSim
-) -> None:
-    blocks = [(FLASH + 256 * n, os.urandom(256)) for n in range(4)]
-    per_write = 2 + 5 + 1 + 256 + 1  # command, address, count, data and checksum
-    sim.faults.drop_rx_at = 2 * per_write + 7 + 100  # inside the third block's data
-    await client.write_blocks(blocks)
-    assert sim.flash(FLASH, 1024) == b"".join(data for _, data in blocks)
-    per_read = 3 + 256  # three ACKs and the data
-    sim.faults.drop_tx_at = per_read + 3 + 50  # inside the second block's data
-    spans = [(address, 256) for address, _ in blocks]
-    assert await client.read_blocks(spans) == [data for _, data in blocks]
-    assert await client.get_id() == 0x413
-
-
-async def test_a_block_that_keeps_failing_stops_the_batch_there(
-    client: An3155Client, sim: Stm32BootloaderSim
-) -> None:
-    blocks = [(FLASH, b"\x01" * 8), (0x6000_0000, b"\x02" * 8), (FLASH + 256, b"\x03" * 8)]
-    with pytest.raises(NackError) as caught:
-        await client.write_blocks(blocks)
-    assert (caught.value.stage, caught.value.address) == ("address", 0x6000_0000)
-    assert sim.flash(FLASH, 8) == b"\x01" * 8
-    assert sim.flash(FLASH + 256, 8) == b"\xff" * 8  # never sent
-    writes = [r for r in sim.history if r.command == Command.WRITE_MEMORY]
-    assert len(writes) == 1 + FAST.retries + 1  # the first block, then every try of the second
-
-
-async def test_a_reset_mid_batch_is_a_clear_error(
-    client: An3155Client, sim: Stm32BootloaderSim
-) -> None:
-    sim.faults.reset_in_command = Command.READ_MEMORY
-    await client.write_memory(FLASH, b"\x00" * 4)
-    with pytest.raises(BootloaderResetError) as caught:
-        await client.read_blocks([(FLASH, 4), (FLASH + 4, 4)])
-    assert caught.value.address == FLASH
-
-
-async def test_closing_the_port_ends_a_pending_exchange(
-    client: An3155Client, sim: Stm32BootloaderSim
-) -> None:
-    await client.go(FLASH)  # nothing will answer from now on
-    pending = asyncio.create_task(client.read_blocks([(FLASH, 256), (FLASH + 256, 256)]))
-    await asyncio.sleep(0.02)
-    await client.close()
-    with pytest.raises(ProbeLost, match="serial port closed"):
-        await asyncio.wait_for(pending, 1)  # a hang guard, not a timing claim

@@ -8,12 +8,6 @@ Failures are retried a bounded number of times. After a NACK the part is already
 command prompt; after a timeout or a garbled reply it may still be inside a frame, so the client
 resynchronises first (see :meth:`An3155Client._resync`). If the part turns out to have reset, the
 command fails with :class:`BootloaderResetError`: the state of the part is unknown, never assumed.
-
-Commands run as scripted exchanges on a :class:`~agent.hw.serial_link.SerialLink`: each frame is
-sent from the link's read callback as soon as the ACK it waits for arrives, and
-:meth:`An3155Client.write_blocks` / :meth:`An3155Client.read_blocks` chain many commands that way.
-Nothing is ever sent ahead of the reply it waits for (that could overrun the part's receiver); the
-host only reacts sooner, which at 115200 baud is worth a few percent of a write + verify.
 """
 
 from __future__ import annotations
@@ -23,12 +17,11 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from functools import partial, reduce
+from functools import reduce
 from operator import xor
 from typing import TypeVar
 
 from agent.errors import FailureCode, ProbeLost, ProtocolError
-from agent.hw.serial_link import SerialLink, Turn
 
 ACK = 0x79
 NACK = 0x1F
@@ -107,24 +100,33 @@ def address_frame(address: int) -> bytes:
 
 
 class An3155Client:
-    """One bootloader session over a serial link."""
+    """One bootloader session over an asyncio byte stream (a serial port)."""
 
     def __init__(
-        self, link: SerialLink, *, byte_time: float, policy: LinkPolicy | None = None
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        byte_time: float,
+        policy: LinkPolicy | None = None,
     ) -> None:
-        self._link = link
+        self._reader = reader
+        self._writer = writer
         self._byte_time = byte_time
         self.policy = policy or LinkPolicy()
         self.info = BootloaderInfo(version=0, commands=frozenset())
 
     async def close(self) -> None:
         """Close the port; safe to call twice."""
-        self._link.close()
+        if not self._writer.is_closing():
+            self._writer.close()
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            await self._writer.wait_closed()
 
     async def sync(self) -> None:
         """Send 0x7F so the part measures the baud rate; accept a part that is already synced."""
         for _ in range(2):
-            self._link.write(bytes([SYNC]))
+            self._writer.write(bytes([SYNC]))
             try:
                 reply = await self._read(1, self.policy.reply_timeout_s)
             except ReplyTimeoutError:
@@ -152,54 +154,43 @@ class An3155Client:
         """A command answered by ACK, data, ACK; ``size`` None: the data starts with count - 1."""
 
         async def run() -> bytes:
-            await self._exchange(command, None, [self._command_turn(command)])
+            await self._command(command)
             count = size or (await self._read(1, self._timeout(1)))[0] + 1
             body = await self._read(count, self._timeout(count))
-            await self._exchange(command, None, [Turn(b"", 1, self._timeout(1), label="end")])
+            await self._ack(command, "end")
             return body
 
         return await self._retrying(command, run)
 
     async def read_memory(self, address: int, size: int) -> bytes:
         """Read Memory: ``size`` (1..256) bytes at ``address``."""
-        return (await self.read_blocks([(address, size)]))[0]
+        if not 1 <= size <= MAX_BLOCK:
+            raise ValueError(f"Read Memory moves 1..{MAX_BLOCK} bytes, not {size}")
 
-    async def read_blocks(self, spans: Sequence[tuple[int, int]]) -> list[bytes]:
-        """Read Memory for each (address, size), as :meth:`read_memory` does, back to back."""
-        jobs = []
-        for address, size in spans:
-            if not 1 <= size <= MAX_BLOCK:
-                raise ValueError(f"Read Memory moves 1..{MAX_BLOCK} bytes, not {size}")
+        async def run() -> bytes:
+            await self._command(Command.READ_MEMORY, address)
+            await self._send_frame(Command.READ_MEMORY, "address", address_frame(address), address)
             count = bytes([size - 1, (size - 1) ^ 0xFF])
-            turns = [
-                self._command_turn(Command.READ_MEMORY),
-                self._acked("address", address_frame(address)),
-                self._acked("count", count),
-                Turn(b"", size, self._timeout(size), checked=False),
-            ]
-            jobs.append((address, turns))
-        return await self._commands(Command.READ_MEMORY, jobs)
+            await self._send_frame(Command.READ_MEMORY, "count", count, address)
+            return await self._read(size, self._timeout(size))
+
+        return await self._retrying(Command.READ_MEMORY, run, address)
 
     async def write_memory(self, address: int, data: bytes) -> None:
         """Write Memory: 1..256 bytes at a word-aligned ``address`` (padded to words with 0xFF)."""
-        await self.write_blocks([(address, data)])
+        if address % 4 or not 1 <= len(data) <= MAX_BLOCK:
+            raise ValueError(f"Write Memory needs a word address and 1..256 bytes: 0x{address:08X}")
+        padded = data + b"\xff" * (-len(data) % 4)
+        body = bytes([len(padded) - 1]) + padded
+        frame = body + bytes([checksum(body)])
 
-    async def write_blocks(self, blocks: Sequence[tuple[int, bytes]]) -> None:
-        """Write Memory for each (address, data), as :meth:`write_memory` does, back to back."""
-        jobs = []
-        for address, data in blocks:
-            if address % 4 or not 1 <= len(data) <= MAX_BLOCK:
-                message = f"Write Memory needs a word address and 1..256 bytes: 0x{address:08X}"
-                raise ValueError(message)
-            padded = data + b"\xff" * (-len(data) % 4)
-            body = bytes([len(padded) - 1]) + padded
-            turns = [
-                self._command_turn(Command.WRITE_MEMORY),
-                self._acked("address", address_frame(address)),
-                self._acked("data", body + bytes([checksum(body)]), self.policy.write_timeout_s),
-            ]
-            jobs.append((address, turns))
-        await self._commands(Command.WRITE_MEMORY, jobs)
+        async def run() -> None:
+            await self._command(Command.WRITE_MEMORY, address)
+            await self._send_frame(Command.WRITE_MEMORY, "address", address_frame(address), address)
+            self._writer.write(frame)
+            await self._ack(Command.WRITE_MEMORY, "data", address, self.policy.write_timeout_s)
+
+        await self._retrying(Command.WRITE_MEMORY, run, address)
 
     async def erase(self, pages: Sequence[int]) -> None:
         """Erase these pages (sectors on an F4): Extended Erase, or Erase on older parts."""
@@ -223,68 +214,35 @@ class An3155Client:
 
     async def go(self, address: int) -> None:
         """Go: jump to the code at ``address``; the bootloader stops listening."""
-        turns = [self._command_turn(Command.GO), self._acked("address", address_frame(address))]
-        await self._exchange(Command.GO, address, turns)
+        await self._command(Command.GO, address)
+        await self._send_frame(Command.GO, "address", address_frame(address), address)
 
     async def readout_protect(self) -> None:
         """Readout Protect (RDP level 1). The part resets afterwards: sync again before more."""
-        await self._reset_command(Command.READOUT_PROTECT, self.policy.write_timeout_s)
+        await self._command(Command.READOUT_PROTECT)
+        await self._ack(Command.READOUT_PROTECT, "end", None, self.policy.write_timeout_s)
 
     async def readout_unprotect(self) -> None:
         """Readout Unprotect: mass-erases flash, clears RDP and resets the part."""
-        await self._reset_command(Command.READOUT_UNPROTECT, self.policy.mass_erase_timeout_s)
-
-    async def _reset_command(self, command: Command, limit_s: float) -> None:
-        """A command answered by ACK, then a second ACK once done (the part then resets)."""
-        end = Turn(b"", 1, limit_s, label="end")
-        await self._exchange(command, None, [self._command_turn(command), end])
+        await self._command(Command.READOUT_UNPROTECT)
+        await self._ack(Command.READOUT_UNPROTECT, "end", None, self.policy.mass_erase_timeout_s)
 
     async def _erase(self, extended: bool, frame: bytes, limit_s: float) -> None:
         command = Command.EXTENDED_ERASE if extended else Command.ERASE
-        pages = self._acked("pages", frame, limit_s + self._timeout(len(frame)))
-        turns = [self._command_turn(command), pages]
-        await self._retrying(command, partial(self._exchange, command, None, turns))
 
-    async def _commands(
-        self, command: Command, jobs: Sequence[tuple[int, list[Turn]]]
-    ) -> list[bytes]:
-        """Run one command per (address, turns) job, back to back in one link exchange.
+        async def run() -> None:
+            await self._command(command)
+            self._writer.write(frame)
+            await self._ack(command, "pages", None, limit_s + self._timeout(len(frame)))
 
-        The link sends every frame the moment the ACK it waits for arrives, from one command to
-        the next as well. A job that fails is handled as a lone command would be (resync, retry)
-        and the jobs after it then go on. Returns each job's data.
-        """
-        results: list[bytes] = []
-        while len(results) < len(jobs):
-            pending = jobs[len(results) :]
-            flat = [turn for _, turns in pending for turn in turns]
-            replies = memoryview(await self._link.exchange(flat, ACK))
-            for address, turns in pending:
-                try:
-                    data, replies = self._parse(command, address, turns, replies)
-                except ProtocolError as exc:
-                    run = partial(self._exchange, command, address, turns)
-                    results.append(await self._retrying(command, run, address, failed=exc))
-                    break
-                results.append(data)
-        return results
+        await self._retrying(command, run)
 
     async def _retrying(
-        self,
-        command: Command,
-        run: Callable[[], Awaitable[_T]],
-        address: int | None = None,
-        *,
-        failed: ProtocolError | None = None,
+        self, command: Command, run: Callable[[], Awaitable[_T]], address: int | None = None
     ) -> _T:
-        """Run one command exchange, retrying NACKs and resynchronising after lost bytes.
-
-        ``failed``: how a first attempt, already made, failed.
-        """
+        """Run one command exchange, retrying NACKs and resynchronising after lost bytes."""
         for attempt in range(self.policy.retries + 1):
             try:
-                if attempt == 0 and failed is not None:
-                    raise failed
                 return await run()
             except NackError as exc:
                 if attempt == self.policy.retries:
@@ -311,14 +269,14 @@ class An3155Client:
         The 260 bytes cover the longest frame; leftovers pair up into NACKed commands. A part
         that answers none of it but ACKs 0x7F has reset.
         """
-        self._link.write(bytes([_FILLER]) * 260)
+        self._writer.write(bytes([_FILLER]) * 260)
         await self._discard_until_quiet(260)
         for _ in range(2):  # one filler byte completes a dangling half command
-            self._link.write(bytes([_FILLER]))
+            self._writer.write(bytes([_FILLER]))
             with contextlib.suppress(ReplyTimeoutError):
                 if (await self._read(1, self._timeout(2)))[0] == NACK:
                     return
-        self._link.write(bytes([SYNC]))
+        self._writer.write(bytes([SYNC]))
         with contextlib.suppress(ReplyTimeoutError):
             if (await self._read(1, self._timeout(2)))[0] == ACK:
                 raise BootloaderResetError(f"the part reset during {command.name}", address=address)
@@ -329,47 +287,32 @@ class An3155Client:
         deadline = asyncio.get_running_loop().time() + self._timeout(2 * expected_bytes)
         while asyncio.get_running_loop().time() < deadline:
             try:
-                await self._link.read_any(quiet)
+                async with asyncio.timeout(quiet):
+                    if not await self._reader.read(4096):
+                        raise ProbeLost("serial port closed")
             except TimeoutError:
                 return
 
-    def _command_turn(self, command: Command) -> Turn:
-        return self._acked("command", bytes([command, command ^ 0xFF]))
+    async def _command(self, command: Command, address: int | None = None) -> None:
+        self._writer.write(bytes([command, command ^ 0xFF]))
+        await self._ack(command, "command", address)
 
-    def _acked(self, stage: str, frame: bytes, limit_s: float | None = None) -> Turn:
-        """A frame answered by one ACK/NACK byte, by default within the ordinary timeout."""
-        return Turn(frame, 1, self._timeout(1) if limit_s is None else limit_s, label=stage)
+    async def _send_frame(self, command: Command, stage: str, frame: bytes, address: int) -> None:
+        self._writer.write(frame)
+        await self._ack(command, stage, address)
 
-    async def _exchange(self, command: Command, address: int | None, turns: list[Turn]) -> bytes:
-        """One command's turns, each frame sent once the one before is ACKed; returns its data."""
-        replies = await self._link.exchange(turns, ACK)
-        return self._parse(command, address, turns, memoryview(replies))[0]
-
-    @staticmethod
-    def _parse(
-        command: Command, address: int | None, turns: list[Turn], replies: memoryview
-    ) -> tuple[bytes, memoryview]:
-        """Check one command's replies; return its data (if any) and the replies after it.
-
-        Raises NackError for a NACK, ProtocolError for any other non-ACK byte and
-        ReplyTimeoutError for a reply that is missing or short (the exchange timed out there).
-        """
-        data = b""
-        for turn in turns:
-            if len(replies) < turn.size:
-                raise ReplyTimeoutError(f"no reply within {turn.limit_s:.2f} s ({turn.size} bytes)")
-            if not turn.checked:
-                data = bytes(replies[: turn.size])
-            elif replies[0] == NACK:
-                raise NackError(command, turn.label, address=address)
-            elif replies[0] != ACK:
-                raise ProtocolError(
-                    f"{command.name}: expected ACK/NACK at the {turn.label} stage, "
-                    f"got 0x{replies[0]:02X}",
-                    address=address,
-                )
-            replies = replies[turn.size :]
-        return data, replies
+    async def _ack(
+        self, command: Command, stage: str, address: int | None = None, limit_s: float = 0.0
+    ) -> None:
+        reply = (await self._read(1, limit_s or self._timeout(1)))[0]
+        if reply == ACK:
+            return
+        if reply == NACK:
+            raise NackError(command, stage, address=address)
+        raise ProtocolError(
+            f"{command.name}: expected ACK/NACK at the {stage} stage, got 0x{reply:02X}",
+            address=address,
+        )
 
     def _timeout(self, reply_bytes: int) -> float:
         """Reply timeout: the policy's margin plus twice the wire time of the reply."""
@@ -377,6 +320,9 @@ class An3155Client:
 
     async def _read(self, count: int, limit_s: float) -> bytes:
         try:
-            return await self._link.read(count, limit_s)
+            async with asyncio.timeout(limit_s):
+                return await self._reader.readexactly(count)
         except TimeoutError:
             raise ReplyTimeoutError(f"no reply within {limit_s:.2f} s ({count} bytes)") from None
+        except asyncio.IncompleteReadError:
+            raise ProbeLost("serial port closed") from None

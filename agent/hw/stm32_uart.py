@@ -28,7 +28,6 @@ from agent.errors import (
 from agent.hw.an3155 import MAX_BLOCK, An3155Client, Command, LinkPolicy, NackError
 from agent.hw.boot_control import BootControl
 from agent.hw.programmer import Connection, ConnectOptions, Region, ValidFlag
-from agent.hw.serial_link import SerialLink
 from agent.hw.stm32_flash import KNOWN_CHIPS, FlashLedger, Stm32Chip
 
 _T = TypeVar("_T")
@@ -45,13 +44,14 @@ async def open_serial(
     8N1 whatever the slot says; the simulator still times its bytes as 8E1 frames.
     """
     import serial
+    import serial_asyncio
 
     if parity == "even" and _is_pty(port):
         log.info("%s is a pty: opening it 8N1 (a pty cannot keep parity)", port)
         parity = "none"
     try:
-        device = serial.serial_for_url(
-            port,
+        reader, writer = await serial_asyncio.open_serial_connection(
+            url=port,
             baudrate=baud,
             parity=serial.PARITY_EVEN if parity == "even" else serial.PARITY_NONE,
             bytesize=serial.EIGHTBITS,
@@ -59,9 +59,9 @@ async def open_serial(
         )
     except (OSError, serial.SerialException, termios.error) as exc:
         raise ProbeNotFound(f"cannot open serial port {port}: {exc}") from exc
-    device.reset_input_buffer()
+    writer.transport.serial.reset_input_buffer()
     frame_bits = 11 if parity == "even" else 10
-    return An3155Client(SerialLink(device), byte_time=frame_bits / baud, policy=policy)
+    return An3155Client(reader, writer, byte_time=frame_bits / baud, policy=policy)
 
 
 def _is_pty(port: str) -> bool:
@@ -235,33 +235,36 @@ class Stm32UartProgrammer:
         if region.address % 4:
             raise WriteFailed("Write Memory needs a word-aligned start", region=region.name)
         await self._erase(region)
-        blocks = [
-            (region.address + offset, block)
-            for offset in range(0, len(data), MAX_BLOCK)
-            if (block := data[offset : offset + MAX_BLOCK]) != _ERASED_BLOCK[: len(block)]
-        ]  # erased flash already reads 0xFF: the sparse-image saving
-        try:
-            await client.write_blocks(blocks)
-        except ProtocolError as exc:
-            raise WriteFailed(
-                f"Write Memory failed: {exc}", region=region.name, address=exc.address
-            ) from exc
+        for offset in range(0, len(data), MAX_BLOCK):
+            block = data[offset : offset + MAX_BLOCK]
+            if block == _ERASED_BLOCK[: len(block)]:
+                continue  # erased flash already reads 0xFF: the sparse-image saving
+            address = region.address + offset
+            try:
+                await client.write_memory(address, block)
+            except ProtocolError as exc:
+                raise WriteFailed(
+                    f"Write Memory failed: {exc}", region=region.name, address=address
+                ) from exc
         self._ledger.mark_written(
             self._sectors(chip, region), region.name, (region.address, region.end)
         )
 
     async def _read(self, region: Region) -> bytes:
         client, _ = self._require()
-        spans = [
-            (region.address + offset, min(MAX_BLOCK, region.size - offset))
-            for offset in range(0, region.size, MAX_BLOCK)
-        ]
-        try:
-            return b"".join(await client.read_blocks(spans))
-        except ProtocolError as exc:
-            raise ProtocolError(
-                f"read-back failed: {exc}", region=region.name, address=exc.address, code=exc.code
-            ) from exc
+        out = bytearray()
+        for offset in range(0, region.size, MAX_BLOCK):
+            size = min(MAX_BLOCK, region.size - offset)
+            try:
+                out += await client.read_memory(region.address + offset, size)
+            except ProtocolError as exc:
+                raise ProtocolError(
+                    f"read-back failed: {exc}",
+                    region=region.name,
+                    address=region.address + offset,
+                    code=exc.code,
+                ) from exc
+        return bytes(out)
 
     async def _set_valid_flag(self, flag: ValidFlag) -> None:
         client, chip = self._require()
