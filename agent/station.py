@@ -86,7 +86,7 @@ class Station:
                     await asyncio.sleep(0.1)
                     continue
                 async with self._rollout.unit():  # no set activates or rolls back meanwhile
-                    if await self.refresh():
+                    if await self._prepare_plan():  # the set may have moved since refresh()
                         continue
                     await self._cycle()
                 await self._fixture.wait_for_removal()

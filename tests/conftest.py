@@ -16,6 +16,7 @@ import pytest
 from agent.mqtt import BrokerEndpoint, make_client
 from agent.recorder import Recorder, RecordStore, open_record_db
 from agent.sim.broker import LocalBroker
+from agent.sim.stm32_bootloader import Stm32BootloaderSim
 from agent.topics import StationTopics
 
 
@@ -29,6 +30,14 @@ def _isolated_sim_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     settings.set_board_dir(None)
     settings.set_timing(None)
+
+
+@pytest.fixture
+async def sim(tmp_path: Path) -> AsyncIterator[Stm32BootloaderSim]:
+    """A simulated STM32F4 bootloader serving ``tmp_path/tty`` at 2 Mbaud (fast tests)."""
+    board = Stm32BootloaderSim(baud=2_000_000, parity="none")
+    async with board.serving(tmp_path / "tty"):
+        yield board
 
 
 @pytest.fixture

@@ -28,13 +28,6 @@ FAST = LinkPolicy(reply_timeout_s=0.1, write_timeout_s=0.2, retries=3)
 
 
 @pytest.fixture
-async def sim(tmp_path: Path) -> AsyncIterator[Stm32BootloaderSim]:
-    board = Stm32BootloaderSim(baud=2_000_000, parity="none")
-    async with board.serving(tmp_path / "tty"):
-        yield board
-
-
-@pytest.fixture
 async def client(sim: Stm32BootloaderSim, tmp_path: Path) -> AsyncIterator[An3155Client]:
     link = await open_serial(str(tmp_path / "tty"), baud=2_000_000, parity="none", policy=FAST)
     await link.sync()

@@ -33,13 +33,6 @@ F405 = ConnectOptions(target="stm32f405")
 
 
 @pytest.fixture
-async def sim(tmp_path: Path) -> AsyncIterator[Stm32BootloaderSim]:
-    board = Stm32BootloaderSim(baud=2_000_000, parity="none")
-    async with board.serving(tmp_path / "tty"):
-        yield board
-
-
-@pytest.fixture
 async def programmer(sim: Stm32BootloaderSim, tmp_path: Path) -> AsyncIterator[Stm32UartProgrammer]:
     unit = Stm32UartProgrammer(port=str(tmp_path / "tty"), parity="none", policy=FAST)
     yield unit
