@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.cycle import Stage, UnitPlan, UnitRun, program_unit
 from agent.errors import FailureCode, ProgrammerError, UnitFailure
@@ -81,7 +82,7 @@ class Station:
         try:
             while True:
                 await self._wait_until_ready()
-                await self._fixture.wait_for_board()
+                await self._wait_for_board()
                 if self._stopping or await self.refresh():
                     await asyncio.sleep(0.1)
                     continue
@@ -164,15 +165,31 @@ class Station:
 
     async def _wait_until_ready(self) -> None:
         while await self.refresh():
-            waiters = [asyncio.ensure_future(event.wait())
-                       for event in (self._jobs.changed, self._outbox_changed,
-                                     self._sets_changed)]
-            await asyncio.wait(waiters, timeout=RECHECK_S, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                waiter.cancel()
-            self._jobs.changed.clear()
-            self._outbox_changed.clear()
-            self._sets_changed.clear()
+            await self._wait_for_change()
+
+    async def _wait_for_board(self) -> None:
+        """Wait for a clamped board, keeping the status current meanwhile (a set may activate,
+        a job arrive, acks drain while the fixture stands open)."""
+        board = asyncio.ensure_future(self._fixture.wait_for_board())
+        try:
+            while True:
+                await self._wait_for_change(board)
+                if board.done():
+                    return board.result()
+                await self.refresh()
+        finally:
+            board.cancel()
+
+    async def _wait_for_change(self, also: asyncio.Future[None] | None = None) -> None:
+        """Until a job, outbox or set change (or ``also`` completes, or RECHECK_S passes)."""
+        events = (self._jobs.changed, self._outbox_changed, self._sets_changed)
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(e.wait()) for e in events]
+        watched = [*waiters, also] if also is not None else waiters
+        await asyncio.wait(watched, timeout=RECHECK_S, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        for event in events:
+            event.clear()  # refresh() re-reads everything, so no change is lost
 
     async def _cycle(self) -> None:
         plan = self._plan
