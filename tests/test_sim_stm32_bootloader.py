@@ -128,6 +128,18 @@ async def test_reply_is_scheduled_after_latency_at_line_rate(
     assert sim.line.tx_idle_at == pytest.approx(expected)
 
 
+async def test_host_turnaround_is_timed_from_the_reply_to_the_next_host_byte(
+    port: Port, sim: Stm32BootloaderSim
+) -> None:
+    sim.line.host_turnarounds.clear()
+    await exchange(port, command(0x02), 5)  # a turnaround after the sync's ACK
+    await asyncio.sleep(0.05)  # a host that thinks for 50 ms before it speaks again
+    await exchange(port, command(0x02), 5)
+    assert len(sim.line.host_turnarounds) == 2
+    assert sim.line.host_turnarounds[1] >= 0.05
+    sim.place_new_board()
+    assert not sim.line.host_turnarounds  # every board starts a fresh account
+
 async def test_place_new_board_gives_a_blank_part_with_a_new_uid(
     port: Port, sim: Stm32BootloaderSim
 ) -> None:

@@ -23,6 +23,8 @@ from agent.sim.stm32_bootloader.faults import Faults
 
 # Release output in pieces of about this much line time: one timer per piece, not per byte.
 _CHUNK_S = 0.001
+# Host turnarounds kept for inspection (the newest; a 1 MiB image needs about 25,000).
+_TURNAROUND_SAMPLES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,11 @@ class PacedPty:
         self._rx_free = 0.0  # when the receive wire is next idle (virtual)
         self._tx_free = 0.0
         self._last_rx_done = 0.0  # when the last consumed byte finished arriving (virtual)
+        self._replied_at: float | None = None  # when the last response byte went into the pty
+        self.host_turnarounds: deque[float] = deque(maxlen=_TURNAROUND_SAMPLES)
+        """Seconds from each response's last byte entering the pty to the host's next byte
+        coming out of it: the host's reaction plus the pty's delivery both ways. The pty and the
+        simulator are the same whoever the host is, so differences between hosts are theirs."""
 
     @property
     def slave_path(self) -> str:
@@ -160,6 +167,7 @@ class PacedPty:
             view = view[written:]
             if view:  # the host is not reading: wait like a UART with a full FIFO
                 await asyncio.sleep(self.timing.byte_time * len(view))
+        self._replied_at = asyncio.get_running_loop().time()
 
     def _on_readable(self) -> None:
         try:
@@ -177,7 +185,11 @@ class PacedPty:
         data = self._faults.filter_rx(data)
         if not data:
             return
-        began = max(asyncio.get_running_loop().time(), self._rx_free)
+        now = asyncio.get_running_loop().time()
+        if self._replied_at is not None:
+            self.host_turnarounds.append(now - self._replied_at)
+            self._replied_at = None
+        began = max(now, self._rx_free)
         self._rx_free = began + len(data) * self.timing.byte_time
         self._chunks.append((data, began))
         self._buffered += len(data)

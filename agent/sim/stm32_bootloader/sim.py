@@ -95,9 +95,12 @@ class Stm32BootloaderSim:
         self._line.close()
 
     def place_new_board(self, uid: bytes | None = None) -> Stm32F4Chip:
-        """Swap in a factory-fresh part (new or given UID, erased, RDP off) in bootloader mode."""
+        """Swap in a factory-fresh part (new or given UID, erased, RDP off) in bootloader mode.
+
+        The command history and the host turnarounds start afresh with it."""
         self._engine.chip = Stm32F4Chip.blank(uid)
         self._engine.history.clear()
+        self._line.host_turnarounds.clear()
         self._restart()
         return self._engine.chip
 
