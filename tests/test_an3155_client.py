@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -169,3 +170,20 @@ async def test_silent_part_is_probe_lost(tmp_path: Path) -> None:
         with pytest.raises(ProbeLost, match="no answer while resynchronising after GET_ID"):
             await link.get_id()
         await link.close()
+
+
+async def test_a_closed_link_never_writes_to_a_reused_descriptor(client: An3155Client) -> None:
+    fileno = client._fileno
+    assert fileno is not None  # frames go straight to the port's descriptor while it is open
+    read_end, write_end = os.pipe()
+    await client.close()
+    os.dup2(write_end, fileno)  # the closed port's number now names another file
+    try:
+        with pytest.raises(ProbeLost, match="serial port closed"):
+            await client.get_id()
+        os.set_blocking(read_end, False)
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 16)  # nothing was written into the file that took the number
+    finally:
+        for descriptor in {read_end, write_end, fileno}:
+            os.close(descriptor)

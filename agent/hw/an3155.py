@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -100,7 +101,10 @@ def address_frame(address: int) -> bytes:
 
 
 class An3155Client:
-    """One bootloader session over an asyncio byte stream (a serial port)."""
+    """One bootloader session over an asyncio byte stream (a serial port).
+
+    ``fileno``: the port's file descriptor, for writing frames without a loop iteration's delay.
+    """
 
     def __init__(
         self,
@@ -109,12 +113,36 @@ class An3155Client:
         *,
         byte_time: float,
         policy: LinkPolicy | None = None,
+        fileno: int | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
+        self._fileno = fileno
         self._byte_time = byte_time
         self.policy = policy or LinkPolicy()
         self.info = BootloaderInfo(version=0, commands=frozenset())
+
+    def _send(self, frame: bytes) -> None:
+        """Put ``frame`` on the wire now rather than one event-loop iteration later.
+
+        pyserial-asyncio's write() only queues data for a writability callback, and a link that
+        waits for a reply after every frame pays that delay once per frame. With the port's file
+        descriptor (``fileno``) and nothing queued ahead, the frame goes straight to the port;
+        what the port does not take goes through the transport after it, so order is kept.
+        """
+        transport = self._writer.transport
+        if transport.is_closing():
+            return  # as the transport does: the fd may already belong to another file
+        if self._fileno is not None and not transport.get_write_buffer_size():
+            try:
+                sent = os.write(self._fileno, frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise ProbeLost(f"serial port write failed: {exc}") from exc
+            frame = frame[sent:]
+        if frame:
+            self._writer.write(frame)
 
     async def close(self) -> None:
         """Close the port; safe to call twice."""
@@ -126,7 +154,7 @@ class An3155Client:
     async def sync(self) -> None:
         """Send 0x7F so the part measures the baud rate; accept a part that is already synced."""
         for _ in range(2):
-            self._writer.write(bytes([SYNC]))
+            self._send(bytes([SYNC]))
             try:
                 reply = await self._read(1, self.policy.reply_timeout_s)
             except ReplyTimeoutError:
@@ -187,7 +215,7 @@ class An3155Client:
         async def run() -> None:
             await self._command(Command.WRITE_MEMORY, address)
             await self._send_frame(Command.WRITE_MEMORY, "address", address_frame(address), address)
-            self._writer.write(frame)
+            self._send(frame)
             await self._ack(Command.WRITE_MEMORY, "data", address, self.policy.write_timeout_s)
 
         await self._retrying(Command.WRITE_MEMORY, run, address)
@@ -232,7 +260,7 @@ class An3155Client:
 
         async def run() -> None:
             await self._command(command)
-            self._writer.write(frame)
+            self._send(frame)
             await self._ack(command, "pages", None, limit_s + self._timeout(len(frame)))
 
         await self._retrying(command, run)
@@ -269,14 +297,14 @@ class An3155Client:
         The 260 bytes cover the longest frame; leftovers pair up into NACKed commands. A part
         that answers none of it but ACKs 0x7F has reset.
         """
-        self._writer.write(bytes([_FILLER]) * 260)
+        self._send(bytes([_FILLER]) * 260)
         await self._discard_until_quiet(260)
         for _ in range(2):  # one filler byte completes a dangling half command
-            self._writer.write(bytes([_FILLER]))
+            self._send(bytes([_FILLER]))
             with contextlib.suppress(ReplyTimeoutError):
                 if (await self._read(1, self._timeout(2)))[0] == NACK:
                     return
-        self._writer.write(bytes([SYNC]))
+        self._send(bytes([SYNC]))
         with contextlib.suppress(ReplyTimeoutError):
             if (await self._read(1, self._timeout(2)))[0] == ACK:
                 raise BootloaderResetError(f"the part reset during {command.name}", address=address)
@@ -294,11 +322,11 @@ class An3155Client:
                 return
 
     async def _command(self, command: Command, address: int | None = None) -> None:
-        self._writer.write(bytes([command, command ^ 0xFF]))
+        self._send(bytes([command, command ^ 0xFF]))
         await self._ack(command, "command", address)
 
     async def _send_frame(self, command: Command, stage: str, frame: bytes, address: int) -> None:
-        self._writer.write(frame)
+        self._send(frame)
         await self._ack(command, stage, address)
 
     async def _ack(

@@ -59,9 +59,12 @@ async def open_serial(
         )
     except (OSError, serial.SerialException, termios.error) as exc:
         raise ProbeNotFound(f"cannot open serial port {port}: {exc}") from exc
-    writer.transport.serial.reset_input_buffer()
+    device = writer.transport.serial
+    device.reset_input_buffer()
     frame_bits = 11 if parity == "even" else 10
-    return An3155Client(reader, writer, byte_time=frame_bits / baud, policy=policy)
+    return An3155Client(
+        reader, writer, byte_time=frame_bits / baud, policy=policy, fileno=device.fileno()
+    )
 
 
 def _is_pty(port: str) -> bool:
