@@ -11,10 +11,18 @@ Both tools erase, write and verify by reading back (stm32flash ``-w FILE -v``; t
 ``write`` then ``read`` + SHA-256). The floor is the wire time of the agent's own dense exchange
 (every command, address, data and ACK byte at 11 bits) plus the configured turnaround per reply.
 
+A third host runs on the dense image: a bare CPython loop (``bare_write_verify``) that sends the
+agent's exact exchange from one thread blocked in read() between replies, with no event loop, no
+retries and no timeouts but the port's. It is the fastest a Python host reacts here, so
+``dense_bare_over_stm32flash`` is what the language costs and the agent's excess over it is the
+agent's own. The simulator times every host turnaround (from its reply's last byte entering the
+pty to the host's next byte coming out: the host's reaction plus the pty's delivery both ways);
+``dense_turnaround_us`` gives each host's median.
+
 Each tool first makes one untimed run of a small image (stm32flash's binary and the agent's code
 paths are then warm alike). The dense image is measured ``--rounds`` times, the tool that goes
-first alternating from round to round; its figures are medians over the rounds, and its ratio the
-median of the per-round ratios. Figures are ratios within this run; the last line is one JSON
+first rotating from round to round; its figures are medians over the rounds, and its ratios the
+medians of the per-round ratios. Figures are ratios within this run; the last line is one JSON
 object.
 """
 
@@ -28,12 +36,17 @@ import multiprocessing
 import os
 import statistics
 import tempfile
+import termios
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import serial
+
+from agent.hw.an3155 import ACK, SYNC, Command, address_frame, checksum
 from agent.hw.programmer import ConnectOptions, Region
+from agent.hw.stm32_flash import STM32F40X
 from agent.hw.stm32_uart import Stm32UartProgrammer
 from agent.sim.stm32_bootloader import Stm32BootloaderSim
 from agent.sim.stm32_bootloader.cli import precise_timer_loop
@@ -46,7 +59,8 @@ FRAME_BITS = 11
 WRITE_BLOCK_BYTES = 2 + 1 + 5 + 1 + 258 + 1
 READ_BLOCK_BYTES = 2 + 1 + 5 + 1 + 2 + 1 + 256
 REPLIES_PER_BLOCK = 3
-TOOLS = ("stm32flash", "agent")
+DENSE_TOOLS = ("stm32flash", "agent", "bare")
+SPARSE_TOOLS = ("stm32flash", "agent")
 
 
 def dense_image() -> bytes:
@@ -74,6 +88,8 @@ def serve(link: str, latency_ms: float, control: Connection) -> None:
                 control.send(sim.place_new_board().uid.hex())
             elif command == "sha256":
                 control.send(hashlib.sha256(sim.flash(*args)).hexdigest())
+            elif command == "turnarounds":
+                control.send(list(sim.line.host_turnarounds))
             else:
                 done.set()
 
@@ -112,6 +128,68 @@ async def run_agent(link: str, image: bytes) -> float:
     return elapsed
 
 
+def bare_write_verify(link: str, image: bytes) -> float:
+    """The agent's exchange from a plain blocking loop: CPython's floor for reacting to replies.
+
+    Same commands as the agent (sync, Get, Get ID, the UID, Extended Erase of the sectors the
+    image touches, then Write Memory and Read Memory per 256-byte block), every reply awaited and
+    checked, from one thread that sits in read() between replies. The kernel times reads out
+    (VTIME), so nothing in Python runs while waiting. Run it in a worker thread.
+    """
+    chip = STM32F40X
+    start = time.perf_counter()
+    with serial.Serial(link, BAUD) as port:
+        fd = port.fileno()
+        os.set_blocking(fd, True)
+        attributes = termios.tcgetattr(fd)
+        attributes[6][termios.VMIN], attributes[6][termios.VTIME] = 0, 20  # 2 s per read()
+        termios.tcsetattr(fd, termios.TCSANOW, attributes)
+
+        def exchange(frame: bytes, size: int = 1, *, acked: bool = True) -> bytes:
+            if frame:
+                os.write(fd, frame)
+            reply = b""
+            while len(reply) < size:
+                more = os.read(fd, size - len(reply))
+                if not more:
+                    raise RuntimeError(f"bare loop: no reply to {frame[:2].hex()}")
+                reply += more
+            if acked and reply[0] != ACK:
+                raise RuntimeError(f"bare loop: 0x{reply[0]:02X} instead of ACK")
+            return reply
+
+        def command(code: Command) -> bytes:
+            return bytes([code, code ^ 0xFF])
+
+        exchange(bytes([SYNC]))
+        for query in (Command.GET, Command.GET_ID):
+            exchange(command(query))
+            count = exchange(b"", acked=False)[0] + 1  # bytes that follow, less one
+            exchange(b"", count, acked=False)  # version and commands, or the product id
+            exchange(b"")
+        exchange(command(Command.READ_MEMORY))
+        exchange(address_frame(chip.uid_address))
+        exchange(bytes([chip.uid_size - 1, (chip.uid_size - 1) ^ 0xFF]), 1 + chip.uid_size)
+        sectors = chip.sectors(FLASH, len(image))
+        numbers = b"".join(n.to_bytes(2, "big") for n in [len(sectors) - 1, *sectors])
+        exchange(command(Command.EXTENDED_ERASE))
+        exchange(numbers + bytes([checksum(numbers)]))
+        for offset in range(0, len(image), 256):
+            body = bytes([255]) + image[offset : offset + 256]
+            exchange(command(Command.WRITE_MEMORY))
+            exchange(address_frame(FLASH + offset))
+            exchange(body + bytes([checksum(body)]))
+        back = bytearray()
+        for offset in range(0, len(image), 256):
+            exchange(command(Command.READ_MEMORY))
+            exchange(address_frame(FLASH + offset))
+            back += exchange(bytes([255, 0]), 257)[1:]
+    elapsed = time.perf_counter() - start
+    if back != image:
+        raise RuntimeError("bare loop read-back does not match the image")
+    return elapsed
+
+
 def floor_seconds(image_size: int, latency_ms: float) -> float:
     """Wire time of writing and reading every block of a dense image, plus one turnaround each."""
     blocks = image_size // 256
@@ -121,40 +199,57 @@ def floor_seconds(image_size: int, latency_ms: float) -> float:
 
 async def run_on_new_board(
     control: Connection, link: str, tool: str, image: bytes, image_file: Path
-) -> float:
-    """One timed write + verify by ``tool`` on a factory-fresh board; checks the flash after."""
+) -> tuple[float, list[float]]:
+    """One timed write + verify by ``tool`` on a factory-fresh board; checks the flash after.
+
+    Returns the time and the host turnarounds the simulator saw.
+    """
     control.send(("new-board",))
     control.recv()
     if tool == "stm32flash":
         elapsed = await run_stm32flash(link, image_file)
-    else:
+    elif tool == "agent":
         elapsed = await run_agent(link, image)
+    else:
+        elapsed = await asyncio.to_thread(bare_write_verify, link, image)
     control.send(("sha256", FLASH, len(image)))
     if control.recv() != hashlib.sha256(image).hexdigest():
         raise RuntimeError(f"{tool} left the wrong contents in flash ({image_file.stem})")
-    return elapsed
+    control.send(("turnarounds",))
+    return elapsed, control.recv()
 
 
 async def measure(
-    control: Connection, link: str, folder: Path, name: str, image: bytes, rounds: int = 1
+    control: Connection,
+    link: str,
+    folder: Path,
+    name: str,
+    image: bytes,
+    tools: tuple[str, ...],
+    rounds: int = 1,
 ) -> dict[str, Any]:
     image_file = folder / f"{name}.bin"
     image_file.write_bytes(image)
-    times: dict[str, list[float]] = {tool: [] for tool in TOOLS}
+    times: dict[str, list[float]] = {tool: [] for tool in tools}
+    turnarounds: dict[str, list[float]] = {tool: [] for tool in tools}
     for round_ in range(rounds):
-        for tool in TOOLS if round_ % 2 == 0 else TOOLS[::-1]:
-            elapsed = await run_on_new_board(control, link, tool, image, image_file)
+        shift = round_ % len(tools)
+        for tool in tools[shift:] + tools[:shift]:
+            elapsed, seen = await run_on_new_board(control, link, tool, image, image_file)
             times[tool].append(elapsed)
+            turnarounds[tool] += seen
             print(f"{name:6s} {tool:10s} {elapsed:7.2f} s", flush=True)
-    ratios = [agent / ref for agent, ref in zip(times["agent"], times["stm32flash"], strict=True)]
-    figures = {
-        f"{name}_bytes": len(image),
-        f"{name}_stm32flash_s": round(statistics.median(times["stm32flash"]), 3),
-        f"{name}_agent_s": round(statistics.median(times["agent"]), 3),
-        f"{name}_agent_over_stm32flash": round(statistics.median(ratios), 3),
+    figures: dict[str, Any] = {f"{name}_bytes": len(image)}
+    for tool in tools:
+        figures[f"{name}_{tool}_s"] = round(statistics.median(times[tool]), 3)
+    for tool in tools[1:]:
+        ratios = [ours / ref for ours, ref in zip(times[tool], times["stm32flash"], strict=True)]
+        figures[f"{name}_{tool}_over_stm32flash"] = round(statistics.median(ratios), 3)
+        if rounds > 1:
+            figures[f"{name}_{tool}_ratios"] = [round(ratio, 3) for ratio in ratios]
+    figures[f"{name}_turnaround_us"] = {
+        tool: round(statistics.median(turnarounds[tool]) * 1e6) for tool in tools
     }
-    if rounds > 1:
-        figures[f"{name}_ratios"] = [round(ratio, 3) for ratio in ratios]
     return figures
 
 
@@ -163,7 +258,7 @@ async def warm_up(control: Connection, link: str, folder: Path) -> None:
     image = os.urandom(1024)
     image_file = folder / "warm-up.bin"
     image_file.write_bytes(image)
-    for tool in TOOLS:
+    for tool in DENSE_TOOLS:
         await run_on_new_board(control, link, tool, image, image_file)
 
 
@@ -181,8 +276,9 @@ async def bench(latency_ms: float, rounds: int) -> dict[str, Any]:
             figures["latency_ms"] = latency_ms
             figures["rounds"] = rounds
             await warm_up(ours, link, Path(tmp))
-            figures |= await measure(ours, link, Path(tmp), "dense", dense_image(), rounds)
-            figures |= await measure(ours, link, Path(tmp), "sparse", sparse_image())
+            dense, sparse = dense_image(), sparse_image()
+            figures |= await measure(ours, link, Path(tmp), "dense", dense, DENSE_TOOLS, rounds)
+            figures |= await measure(ours, link, Path(tmp), "sparse", sparse, SPARSE_TOOLS)
         finally:
             ours.send(("stop",))
             child.join(10)
