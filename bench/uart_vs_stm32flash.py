@@ -44,7 +44,7 @@ from typing import Any
 
 import serial
 
-from agent.hw.an3155 import ACK, SYNC, Command, address_frame, checksum
+from agent.hw.an3155 import ACK, SYNC, Command, address_frame, checksum, command_frame, data_frame
 from agent.hw.programmer import ConnectOptions, Region
 from agent.hw.stm32_flash import STM32F40X
 from agent.hw.stm32_uart import Stm32UartProgrammer
@@ -158,30 +158,26 @@ def bare_write_verify(link: str, image: bytes) -> float:
                 raise RuntimeError(f"bare loop: 0x{reply[0]:02X} instead of ACK")
             return reply
 
-        def command(code: Command) -> bytes:
-            return bytes([code, code ^ 0xFF])
-
         exchange(bytes([SYNC]))
         for query in (Command.GET, Command.GET_ID):
-            exchange(command(query))
+            exchange(command_frame(query))
             count = exchange(b"", acked=False)[0] + 1  # bytes that follow, less one
             exchange(b"", count, acked=False)  # version and commands, or the product id
             exchange(b"")
-        exchange(command(Command.READ_MEMORY))
+        exchange(command_frame(Command.READ_MEMORY))
         exchange(address_frame(chip.uid_address))
         exchange(bytes([chip.uid_size - 1, (chip.uid_size - 1) ^ 0xFF]), 1 + chip.uid_size)
         sectors = chip.sectors(FLASH, len(image))
         numbers = b"".join(n.to_bytes(2, "big") for n in [len(sectors) - 1, *sectors])
-        exchange(command(Command.EXTENDED_ERASE))
+        exchange(command_frame(Command.EXTENDED_ERASE))
         exchange(numbers + bytes([checksum(numbers)]))
         for offset in range(0, len(image), 256):
-            body = bytes([255]) + image[offset : offset + 256]
-            exchange(command(Command.WRITE_MEMORY))
+            exchange(command_frame(Command.WRITE_MEMORY))
             exchange(address_frame(FLASH + offset))
-            exchange(body + bytes([checksum(body)]))
+            exchange(data_frame(image[offset : offset + 256]))
         back = bytearray()
         for offset in range(0, len(image), 256):
-            exchange(command(Command.READ_MEMORY))
+            exchange(command_frame(Command.READ_MEMORY))
             exchange(address_frame(FLASH + offset))
             back += exchange(bytes([255, 0]), 257)[1:]
     elapsed = time.perf_counter() - start

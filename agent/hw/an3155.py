@@ -94,6 +94,18 @@ def checksum(data: bytes) -> int:
     return reduce(xor, data, 0)
 
 
+def command_frame(command: Command) -> bytes:
+    """A command byte and its complement."""
+    return bytes([command, command ^ 0xFF])
+
+
+def data_frame(data: bytes) -> bytes:
+    """Write Memory's data frame: count - 1, the data padded to whole words with 0xFF, checksum."""
+    padded = data + b"\xff" * (-len(data) % 4)
+    body = bytes([len(padded) - 1]) + padded
+    return body + bytes([checksum(body)])
+
+
 def address_frame(address: int) -> bytes:
     """Four address bytes, most significant first, and their checksum."""
     raw = address.to_bytes(4, "big")
@@ -208,9 +220,7 @@ class An3155Client:
         """Write Memory: 1..256 bytes at a word-aligned ``address`` (padded to words with 0xFF)."""
         if address % 4 or not 1 <= len(data) <= MAX_BLOCK:
             raise ValueError(f"Write Memory needs a word address and 1..256 bytes: 0x{address:08X}")
-        padded = data + b"\xff" * (-len(data) % 4)
-        body = bytes([len(padded) - 1]) + padded
-        frame = body + bytes([checksum(body)])
+        frame = data_frame(data)
 
         async def run() -> None:
             await self._command(Command.WRITE_MEMORY, address)
@@ -322,7 +332,7 @@ class An3155Client:
                 return
 
     async def _command(self, command: Command, address: int | None = None) -> None:
-        self._send(bytes([command, command ^ 0xFF]))
+        self._send(command_frame(command))
         await self._ack(command, "command", address)
 
     async def _send_frame(self, command: Command, stage: str, frame: bytes, address: int) -> None:

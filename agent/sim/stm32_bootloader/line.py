@@ -156,6 +156,8 @@ class PacedPty:
             if delay > 0:
                 await asyncio.sleep(delay)
             await self._write_all(chunk)
+        if data:
+            self._replied_at = loop.time()
 
     async def _write_all(self, chunk: bytes) -> None:
         view = memoryview(chunk)
@@ -167,7 +169,6 @@ class PacedPty:
             view = view[written:]
             if view:  # the host is not reading: wait like a UART with a full FIFO
                 await asyncio.sleep(self.timing.byte_time * len(view))
-        self._replied_at = asyncio.get_running_loop().time()
 
     def _on_readable(self) -> None:
         try:
