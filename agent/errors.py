@@ -1,8 +1,8 @@
 """One root exception; subclasses carry the data that ends up in a unit record or a reject.
 
 Hardware errors carry a :class:`FailureCode` (and a region or an address where one applies). The
-unit cycle turns them into the record's failure at one boundary (``agent.cycle``); nothing else
-catches broadly.
+unit cycle turns them into the record's failure at one boundary (``agent.station.cycle``); nothing
+else catches broadly.
 """
 
 from __future__ import annotations

@@ -26,15 +26,16 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.link import Link
-from agent.messages import ImageResult, StageTiming, UnitRecord
-from agent.mqtt import Backoff, BrokerEndpoint, make_client
-from agent.outbox import Outbox
-from agent.recorder import Recorder, RecordStore, open_record_db
+from agent.plant.recorder import Recorder
+from agent.plant.records import RecordStore, open_record_db
 from agent.sim.broker import LocalBroker
-from agent.status import StatusBoard
-from agent.store import StationStore
-from agent.wire import encode
+from agent.station.link import Link
+from agent.station.outbox import Outbox
+from agent.station.status import StatusBoard
+from agent.station.store import StationStore
+from agent.wire.codec import encode
+from agent.wire.messages import ImageResult, StageTiming, UnitRecord
+from agent.wire.mqtt import Backoff, BrokerEndpoint, make_client
 
 STATION = "bench-st"
 

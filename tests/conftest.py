@@ -13,11 +13,12 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from agent.mqtt import BrokerEndpoint, make_client
-from agent.recorder import Recorder, RecordStore, open_record_db
+from agent.plant.recorder import Recorder
+from agent.plant.records import RecordStore, open_record_db
 from agent.sim.broker import LocalBroker
 from agent.sim.stm32_bootloader import Stm32BootloaderSim
-from agent.topics import StationTopics
+from agent.wire.mqtt import BrokerEndpoint, make_client
+from agent.wire.topics import StationTopics
 
 
 @pytest.fixture(autouse=True)

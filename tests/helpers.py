@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from agent.app import StationParts, build_hardware, serve
 from agent.config import StationConfig, parse_config
 from agent.demo.images import ReleaseKey, demo_job, demo_manifest, write_images
-from agent.mqtt import BrokerEndpoint
 from agent.plant.publish import publish_retained
-from agent.topics import StationTopics
+from agent.station.app import StationParts, build_hardware, serve
+from agent.wire.mqtt import BrokerEndpoint
+from agent.wire.topics import StationTopics
 
 RELEASE = ReleaseKey("test-release")  # the plant's signing key for the whole test session
 SET_ID = "sensor-node-2026.11"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from agent.firmware.fetch import FetchPolicy
 from agent.firmware.imagestore import ImageStore
 from agent.firmware.reasons import ImageError
-from agent.messages import ImageSpec
+from agent.wire.messages import ImageSpec
 from tests.firmware_https import ImageServer, LoopbackCA, serve
 from tests.firmware_support import image_bytes
 

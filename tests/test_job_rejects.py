@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.sim.broker import LocalBroker
-from agent.topics import StationTopics
+from agent.wire.topics import StationTopics
 from tests.conftest import PlantRecorder
 from tests.helpers import (
     eventually,

@@ -12,11 +12,12 @@ import json
 from pathlib import Path
 
 from agent.config import parse_config
-from agent.mqtt import BrokerEndpoint
 from agent.plant.publish import publish_retained
-from agent.recorder import Recorder, RecordStore, open_record_db
+from agent.plant.recorder import Recorder
+from agent.plant.records import RecordStore, open_record_db
 from agent.sim.broker import LocalBroker
-from agent.topics import StationTopics
+from agent.wire.mqtt import BrokerEndpoint
+from agent.wire.topics import StationTopics
 from tests.firmware_https import LoopbackCA
 from tests.helpers import eventually, job_payload, running_station, signed_set, station_raw
 

@@ -15,7 +15,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from agent.recorder import missing_sequences
+from agent.plant.trace import missing_sequences
 from agent.sim.broker import LocalBroker
 from tests.conftest import PlantRecorder
 from tests.helpers import RELEASE, eventually, start_job

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent import mfgdata
 from agent.demo.images import MANUFACTURING, write_images
-from agent.recorder import find_by_serial, missing_sequences
+from agent.plant.trace import find_by_serial, missing_sequences
 from agent.sim.broker import LocalBroker
 from agent.sim.nrf52840.boards import read_board_memory
+from agent.station import mfgdata
 from tests.conftest import PlantRecorder
 from tests.helpers import (
     eventually,

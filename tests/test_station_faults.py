@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from agent.recorder import find_by_serial, missing_sequences
+from agent.plant.trace import find_by_serial, missing_sequences
 from agent.sim.broker import LocalBroker
 from agent.sim.nrf52840.boards import inject_disconnect, inject_stuck_word
 from tests.conftest import PlantRecorder

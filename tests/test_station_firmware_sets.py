@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.demo.images import ReleaseKey, demo_manifest, write_images
-from agent.recorder import find_by_serial
+from agent.plant.trace import find_by_serial
 from agent.sim.broker import LocalBroker
-from agent.topics import StationTopics
+from agent.wire.topics import StationTopics
 from tests.conftest import PlantRecorder
 from tests.helpers import (
     RELEASE,

@@ -7,9 +7,10 @@ import contextlib
 from pathlib import Path
 
 from agent.config import parse_config
-from agent.mqtt import BrokerEndpoint
-from agent.recorder import Recorder, RecordStore, open_record_db
+from agent.plant.recorder import Recorder
+from agent.plant.records import RecordStore, open_record_db
 from agent.sim.broker import LocalBroker
+from agent.wire.mqtt import BrokerEndpoint
 from tests.helpers import eventually, running_station, start_job, station_raw
 
 

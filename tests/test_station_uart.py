@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent import mfgdata
 from agent.demo.images import image_bytes
-from agent.recorder import find_by_serial
+from agent.plant.trace import find_by_serial
 from agent.sim.broker import LocalBroker
-from agent.topics import StationTopics
+from agent.station import mfgdata
+from agent.wire.topics import StationTopics
 from tests.conftest import PlantRecorder
 from tests.helpers import (
     RELEASE,

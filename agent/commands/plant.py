@@ -108,7 +108,7 @@ def _add_status(sub: Any) -> None:
 
 
 def _endpoint(args: argparse.Namespace) -> Any:
-    from agent.mqtt import BrokerEndpoint
+    from agent.wire.mqtt import BrokerEndpoint
 
     return BrokerEndpoint(args.broker, args.port, ca=args.ca, cert=args.cert, key=args.key)
 

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.mqtt import BrokerEndpoint
-from agent.recorder import Recorder, RecordStore, find_by_serial, open_record_db
+from agent.plant.recorder import Recorder
+from agent.plant.records import RecordStore, open_record_db
+from agent.plant.trace import find_by_serial, format_trace
+from agent.wire.mqtt import BrokerEndpoint
 
 
 def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,31 +54,6 @@ def _recorder(args: argparse.Namespace) -> int:
 
     asyncio.run(serve())
     return 0
-
-
-def format_trace(records: list[dict[str, Any]]) -> str:
-    """A person's view of every record of one serial."""
-    lines = []
-    for r in records:
-        verdict = r["outcome"].upper()
-        if r.get("failure"):
-            f = r["failure"]
-            verdict += f" ({f['code']} at {f['stage']}: {f['detail']})"
-        lines += [
-            f"serial {r['serial']}: {verdict}, routed to {r['routing']}",
-            f"  programmed {r['started_at']} .. {r['finished_at']} on station {r['station']} "
-            f"slot {r['slot']} (record {r['record_id']}, seq {r['seq']})",
-            f"  chip {r['chip_uid']}, job {r['job_id']}, product {r['product']}",
-            f"  firmware set {r['firmware_set_id']} (manifest sha256 {r['manifest_digest']})",
-            f"  locked: {r['locked']}, valid flag: {r['valid_flag_set']}, "
-            f"agent {r['agent_version']}",
-        ]
-        for image in r["images"]:
-            check = "verified" if image["verified"] else "NOT verified"
-            lines.append(f"    {image['name']:<14} {image['version']:<16} "
-                         f"sha256 {image['sha256']}  key {image['key_ref']}  "
-                         f"@0x{image['address']:08X}+{image['size']}  {check}")
-    return "\n".join(lines)
 
 
 def _trace(args: argparse.Namespace) -> int:

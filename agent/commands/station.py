@@ -39,7 +39,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.app import run_until_signalled
+    from agent.station.app import run_until_signalled
 
     try:
         config = load_config(args.config)

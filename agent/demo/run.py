@@ -17,22 +17,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.app import StationParts, build_hardware, serve
-from agent.commands.recorder import format_trace
 from agent.config import StationConfig, parse_config
 from agent.demo.images import ReleaseKey, demo_job, demo_manifest, write_images
-from agent.messages import UnitRecord
-from agent.mqtt import BrokerEndpoint
 from agent.plant.publish import publish_retained
-from agent.recorder import (
-    Recorder,
-    RecordStore,
-    find_by_serial,
-    missing_sequences,
-    open_record_db,
-)
+from agent.plant.recorder import Recorder
+from agent.plant.records import RecordStore, open_record_db
+from agent.plant.trace import find_by_serial, format_trace, missing_sequences
 from agent.sim.broker import LocalBroker
-from agent.topics import StationTopics
+from agent.station.app import StationParts, build_hardware, serve
+from agent.wire.messages import UnitRecord
+from agent.wire.mqtt import BrokerEndpoint
+from agent.wire.topics import StationTopics
 
 ACK_WAIT_S = 60.0
 

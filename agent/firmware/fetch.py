@@ -20,7 +20,7 @@ from urllib.request import url2pathname
 import httpx
 
 from agent.firmware.reasons import ImageError, Reason
-from agent.messages import ImageSpec
+from agent.wire.messages import ImageSpec
 
 CHUNK_BYTES = 64 * 1024
 

@@ -31,7 +31,7 @@ from agent.firmware.fetch import (
     scheme_of,
 )
 from agent.firmware.reasons import ImageError, Reason
-from agent.messages import ImageSpec
+from agent.wire.messages import ImageSpec
 
 Sleep = Callable[[float], Coroutine[Any, Any, None]]
 

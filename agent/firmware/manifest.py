@@ -21,7 +21,7 @@ import rfc8785
 from pydantic import AwareDatetime, Field, model_validator
 
 from agent.firmware.crypto import Alg
-from agent.messages import (
+from agent.wire.messages import (
     FirmwareSet,
     Ident,
     ImageSpec,

@@ -30,8 +30,8 @@ from agent.firmware.manifest import (
     manifest_digest,
 )
 from agent.firmware.reasons import Reason, refuse
-from agent.messages import FirmwareSet, Ident
-from agent.wire import describe_validation_error, parse_inbound
+from agent.wire.codec import describe_validation_error, parse_inbound
+from agent.wire.messages import FirmwareSet, Ident
 
 
 class _Section(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.mqtt import BrokerEndpoint, make_client
+from agent.wire.mqtt import BrokerEndpoint, make_client
 
 
 async def publish_retained(endpoint: BrokerEndpoint, topic: str, payload: bytes, *,

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from agent.firmware.rollout import RolloutSummary, SetStatus
-from agent.mqtt import BrokerEndpoint, make_client
 from agent.plant.publish import publish_retained
-from agent.topics import ALL_STATUS, StationTopics, group_firmware_set
+from agent.wire.mqtt import BrokerEndpoint, make_client
+from agent.wire.topics import ALL_STATUS, StationTopics, group_firmware_set
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")  # station ids and group names (no wildcards)
 MAX_STATUS_BYTES = 1024 * 1024

@@ -28,7 +28,7 @@ from agent.firmware.manifest import (
     encode_signed_set,
 )
 from agent.plant.keys import PrivateKey, alg_of
-from agent.wire import parse_inbound
+from agent.wire.codec import parse_inbound
 
 
 class Signer(Protocol):

@@ -16,8 +16,8 @@ from typing import Literal
 import aiosqlite
 
 from agent.errors import BadMessage
-from agent.messages import Job, JobProgress
-from agent.store import StationStore
+from agent.station.store import StationStore
+from agent.wire.messages import Job, JobProgress
 
 JobState = Literal["active", "complete", "exhausted", "superseded"]
 

@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 from agent.errors import FirmwareSetError
 from agent.firmware.manager import RolloutManager
 from agent.firmware.rollout import SetState
-from agent.jobs import JobBook
-from agent.messages import Command, Job
-from agent.wire import parse_inbound
+from agent.station.jobs import JobBook
+from agent.wire.codec import parse_inbound
+from agent.wire.messages import Command, Job
 
 log = logging.getLogger(__name__)
 

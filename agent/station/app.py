@@ -23,16 +23,16 @@ from agent.firmware.manager import RolloutManager
 from agent.firmware.rollout import SetStatus
 from agent.hw.fixture import Fixture, GpioFixture
 from agent.hw.programmer import Programmer
-from agent.intake import JobIntake, SetIntake
-from agent.jobs import JobBook
-from agent.link import Link
-from agent.mqtt import Backoff, BrokerEndpoint
-from agent.outbox import Outbox
-from agent.station import Station, StationLimits
-from agent.status import StatusBoard
-from agent.store import StationStore
-from agent.systemd import Notifier
-from agent.topics import StationTopics, group_firmware_set
+from agent.station.intake import JobIntake, SetIntake
+from agent.station.jobs import JobBook
+from agent.station.link import Link
+from agent.station.outbox import Outbox
+from agent.station.station import Station, StationLimits
+from agent.station.status import StatusBoard
+from agent.station.store import StationStore
+from agent.station.systemd import Notifier
+from agent.wire.mqtt import Backoff, BrokerEndpoint
+from agent.wire.topics import StationTopics, group_firmware_set
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent import __version__
-from agent.messages import StationStatus
+from agent.wire.messages import StationStatus
 
 
 class StatusBoard:

@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 import aiomqtt
 
 from agent.errors import BadMessage, FirmwareSetError
-from agent.messages import RecordAck, Reject
-from agent.mqtt import Backoff, BrokerEndpoint, CheckedClient, PublishRefused, make_client
-from agent.outbox import Outbox, PendingRecord
-from agent.status import StatusBoard
-from agent.topics import StationTopics
-from agent.wire import encode, parse_inbound
+from agent.station.outbox import Outbox, PendingRecord
+from agent.station.status import StatusBoard
+from agent.wire.codec import encode, parse_inbound
+from agent.wire.messages import RecordAck, Reject
+from agent.wire.mqtt import Backoff, BrokerEndpoint, CheckedClient, PublishRefused, make_client
+from agent.wire.topics import StationTopics
 
 log = logging.getLogger(__name__)
 

@@ -17,18 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.cycle import Stage, UnitPlan, UnitRun, program_unit
 from agent.errors import FailureCode, ProgrammerError, UnitFailure
 from agent.firmware.manager import RolloutManager
 from agent.firmware.rollout import Waiting
 from agent.hw.fixture import Fixture, FixtureFault, Lamp
 from agent.hw.programmer import Programmer
-from agent.jobs import InterruptedUnit, JobBook
-from agent.messages import UnitRecord
-from agent.outbox import Outbox
-from agent.status import StatusBoard
-from agent.store import StationStore
-from agent.wire import encode
+from agent.station.cycle import Stage, UnitPlan, UnitRun, program_unit
+from agent.station.jobs import InterruptedUnit, JobBook
+from agent.station.outbox import Outbox
+from agent.station.status import StatusBoard
+from agent.station.store import StationStore
+from agent.wire.codec import encode
+from agent.wire.messages import UnitRecord
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from agent.store import StationStore
+from agent.station.store import StationStore
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,8 @@
 Order (``domain.md``, "One unit, in order"): connect, unique id, serial, invalidate the valid flag,
 images in order (bootloader, application, file system, manufacturing), read-back SHA-256 of every
 region, valid flag only after all regions verified, optional lock last, disconnect. The fixture
-stages around it (clamp, power) belong to :mod:`agent.station`. This module never imports gpiozero,
-pyocd or aiomqtt.
+stages around it (clamp, power) belong to :mod:`agent.station.station`. This module never imports
+gpiozero, pyocd or aiomqtt.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from agent import __version__, mfgdata
+from agent import __version__
 from agent.errors import FailureCode, UnitFailure
 from agent.hw.programmer import ConnectOptions, Programmer, Region, ValidFlag
-from agent.messages import (
+from agent.station import mfgdata
+from agent.wire.messages import (
     Failure,
     FirmwareSet,
     ImageResult,

@@ -1,0 +1,1 @@
+"""What runs on the fixture controller: the station service and its parts."""

@@ -1,0 +1,1 @@
+"""What crosses MQTT: versioned message models, topics, strict decoding, the MQTT client."""
