@@ -107,6 +107,7 @@ class StationParts:
     outbox: Outbox
     status: StatusBoard
     rollout: RolloutManager
+    store: StationStore
 
 
 def broker_endpoint(config: StationConfig) -> BrokerEndpoint:
@@ -150,7 +151,7 @@ def assemble(config: StationConfig, hardware: Hardware, store: StationStore,
         link.add_handler(group_firmware_set(broker.group), sets.handle_set)
     link.add_handler(topics.command, sets.handle_command)
     return StationParts(station=station, link=link, jobs=jobs, outbox=outbox, status=status,
-                        rollout=rollout)
+                        rollout=rollout, store=store)
 
 
 @contextlib.asynccontextmanager

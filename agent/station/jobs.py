@@ -92,15 +92,16 @@ class JobBook:
                              f"job is for station {job.station}, this is {self._station_id}",
                              ref=job.job_id)
         digest = job_digest(job)
-        known = await self._store.fetchone("SELECT digest FROM jobs WHERE job_id = ?",
-                                           (job.job_id,))
-        if known is not None:
-            if known[0] != digest:
-                raise BadMessage("job_id_reused",
-                                 f"job id {job.job_id} was already received with other content",
-                                 ref=job.job_id)
-            return False
         async with self._store.transaction() as tx:
+            async with tx.execute("SELECT digest FROM jobs WHERE job_id = ?",
+                                  (job.job_id,)) as cursor:
+                known = await cursor.fetchone()
+            if known is not None:
+                if known[0] != digest:
+                    raise BadMessage("job_id_reused",
+                                     f"job id {job.job_id} was already received with other "
+                                     "content", ref=job.job_id)
+                return False
             await tx.execute("UPDATE jobs SET state = 'superseded' WHERE state = 'active'")
             await tx.execute(
                 "INSERT INTO jobs (job_id, digest, payload, state, next_serial, received_at) "
@@ -137,7 +138,10 @@ class JobBook:
 
     async def count_unit(self, tx: aiosqlite.Connection, *, job_id: str, slot: str,
                          passed: bool) -> None:
-        """Inside ``tx`` (the one that stores the record): count the unit, close the slot's unit."""
+        """Inside ``tx`` (the one that stores the record): count the unit, close the slot's unit.
+
+        The in-memory view and ``changed`` follow only once ``tx`` has committed.
+        """
         column = "passed" if passed else "failed"
         await tx.execute(f"UPDATE jobs SET {column} = {column} + 1 WHERE job_id = ?",  # noqa: S608
                          (job_id,))
@@ -155,9 +159,14 @@ class JobBook:
             state = "exhausted"
         if state != row[1]:
             await tx.execute("UPDATE jobs SET state = ? WHERE job_id = ?", (state, job_id))
-        if self.current is not None and self.current.job.job_id == job_id:
-            self.current = JobView(job, state, row[2], row[3], row[4])
-        self.changed.set()
+        view = JobView(job, state, row[2], row[3], row[4])
+
+        def committed() -> None:  # the view changes with the database, not before it
+            if self.current is not None and self.current.job.job_id == job_id:
+                self.current = view
+            self.changed.set()
+
+        self._store.after_commit(committed)
 
     async def interrupted(self) -> list[InterruptedUnit]:
         """Units that were under way when the station last stopped."""

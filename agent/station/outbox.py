@@ -47,7 +47,10 @@ class Outbox:
     async def append(
         self, tx: aiosqlite.Connection, *, record_id: str, build: Callable[[int], bytes]
     ) -> int:
-        """Inside ``tx``: take the next sequence number, store ``build(seq)``; returns seq."""
+        """Inside ``tx``: take the next sequence number, store ``build(seq)``; returns seq.
+
+        Watchers are woken after the commit, never before: the record is not there until then.
+        """
         async with tx.execute("SELECT value FROM meta WHERE key = 'last_seq'") as cursor:
             row = await cursor.fetchone()
         seq = (row[0] if row else 0) + 1
@@ -57,7 +60,7 @@ class Outbox:
         await tx.execute(
             "INSERT INTO outbox (seq, record_id, payload, created_at) VALUES (?, ?, ?, ?)",
             (seq, record_id, build(seq), time.time()))
-        self._notify()
+        self._store.after_commit(self._notify)
         return seq
 
     async def pending(self, *, limit: int = 100) -> list[PendingRecord]:

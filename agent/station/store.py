@@ -3,12 +3,20 @@
 Durability (see ``mqtt-durability-security.md``): WAL + FULL survives power loss on storage that
 honours flush; aiosqlite adds none of its own, so the pragmas are set on every open and every change
 goes through :meth:`StationStore.transaction`, serialised by one lock (one writer).
+
+Reads outside a transaction go through a second, read-only connection. A read on the writer
+connection would see rows of a transaction that has not committed yet, and a record read that way
+could be published and then vanish with a crash before COMMIT (the restarted station would record
+the unit again under the same seq). On its own connection a reader sees committed data only, by
+SQLite's isolation, whoever calls it and whenever; in WAL mode it never blocks the writer and never
+waits for it. What must react to a change registers :meth:`StationStore.after_commit` inside the
+transaction, so nobody is woken to read a row that is not there yet (or never will be).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -50,9 +58,11 @@ CREATE TABLE IF NOT EXISTS units_in_progress (
 class StationStore:
     """Owns the single writer connection to the station database."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self._db = db
+        self._reader = reader
         self._lock = asyncio.Lock()
+        self._on_commit: list[Callable[[], None]] | None = None  # set while a transaction runs
 
     @classmethod
     async def open(cls, path: Path) -> StationStore:
@@ -63,28 +73,52 @@ class StationStore:
                        "foreign_keys=ON"):
             await db.execute(f"PRAGMA {pragma}")
         await db.executescript(SCHEMA)
-        return cls(db)
+        reader = await aiosqlite.connect(path, isolation_level=None)
+        for pragma in ("busy_timeout=5000", "query_only=ON"):
+            await reader.execute(f"PRAGMA {pragma}")
+        return cls(db, reader)
 
     async def close(self) -> None:
-        """Close the connection (waits for a running transaction)."""
+        """Close both connections (waits for a running transaction)."""
         async with self._lock:
+            await self._reader.close()
             await self._db.close()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """``BEGIN IMMEDIATE`` .. ``COMMIT`` (rolled back on any exception)."""
+        """``BEGIN IMMEDIATE`` .. ``COMMIT`` (rolled back on any exception).
+
+        Callbacks registered with :meth:`after_commit` meanwhile run after the COMMIT returned,
+        in order; on a rollback they are dropped.
+        """
         async with self._lock:
             await self._db.execute("BEGIN IMMEDIATE")
+            self._on_commit = []
             try:
-                yield self._db
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
+                try:
+                    yield self._db
+                except BaseException:
+                    await self._db.execute("ROLLBACK")
+                    raise
+                await self._db.execute("COMMIT")
+                callbacks = self._on_commit
+            finally:
+                self._on_commit = None
+        for callback in callbacks:
+            callback()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the running transaction has committed (never if it rolls back).
+
+        Only valid inside :meth:`transaction`; anything else is a bug and raises.
+        """
+        if self._on_commit is None:
+            raise RuntimeError("after_commit() outside a transaction")
+        self._on_commit.append(callback)
 
     async def fetchall(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """A read outside any transaction (WAL readers never block the writer)."""
-        async with self._db.execute(sql, params) as cursor:
+        """A read of committed data only (own connection; WAL readers never block the writer)."""
+        async with self._reader.execute(sql, params) as cursor:
             return [tuple(row) for row in await cursor.fetchall()]
 
     async def fetchone(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
