@@ -179,31 +179,39 @@ async def firmware_sets(config: StationConfig, status: StatusBoard,
 
 async def serve(config: StationConfig, hardware: Hardware, *, notifier: Notifier | None = None,
                 started: Callable[[StationParts], None] | None = None) -> None:
-    """Run the station until cancelled; the fixture ends in its safe state."""
+    """Run the station until cancelled; the fixture ends in its safe state.
+
+    Teardown runs every step even when one fails (the fixture's safe state, the backends, the
+    database), so a stopping station never leaves its database open behind a raised error.
+    """
     notifier = notifier or Notifier()
-    store = await StationStore.open(config.storage.database)
-    status = StatusBoard(config.station.id)
-    sets_changed = asyncio.Event()
-    try:
-        async with firmware_sets(config, status, sets_changed) as rollout:
-            parts = assemble(config, hardware, store, rollout, status, sets_changed)
-            await parts.jobs.load()
-            async with asyncio.TaskGroup() as group:
-                station_task = group.create_task(parts.station.run(), name="station")
-                group.create_task(parts.link.run(), name="link")
-                group.create_task(notifier.watchdog(lambda: not station_task.done()),
-                                  name="watchdog")
-                notifier.send("READY=1")
-                if started is not None:
-                    started(parts)
-    finally:
-        notifier.send("STOPPING=1")
-        hardware.fixture.close()
-        for close in hardware.closers:
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
-        await store.close()
+    async with contextlib.AsyncExitStack() as teardown:
+        store = await StationStore.open(config.storage.database)
+        teardown.push_async_callback(store.close)
+        for close in reversed(hardware.closers):
+            teardown.push_async_callback(_call, close)
+        teardown.callback(hardware.fixture.close)
+        teardown.callback(notifier.send, "STOPPING=1")
+        status = StatusBoard(config.station.id)
+        sets_changed = asyncio.Event()
+        rollout = await teardown.enter_async_context(
+            firmware_sets(config, status, sets_changed))
+        parts = assemble(config, hardware, store, rollout, status, sets_changed)
+        await parts.jobs.load()
+        async with asyncio.TaskGroup() as group:
+            station_task = group.create_task(parts.station.run(), name="station")
+            group.create_task(parts.link.run(), name="link")
+            group.create_task(notifier.watchdog(lambda: not station_task.done()),
+                              name="watchdog")
+            notifier.send("READY=1")
+            if started is not None:
+                started(parts)
+
+
+async def _call(close: Callable[[], Any]) -> None:
+    result = close()
+    if asyncio.iscoroutine(result):
+        await result
 
 
 async def run_until_signalled(config: StationConfig, *, operator_units: int | None = None) -> None:

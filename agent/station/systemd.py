@@ -8,9 +8,12 @@ a Pi image or CI machine may not have. Without $NOTIFY_SOCKET every call is a no
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 class Notifier:
@@ -22,18 +25,28 @@ class Notifier:
         if address.startswith("@"):  # abstract namespace socket
             address = "\0" + address[1:]
         self._address = address or None
+        self._warned = False
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         mine = not pid or pid == str(os.getpid())
         self.watchdog_interval_s = int(usec) / 1_000_000 if usec.isdigit() and mine else None
 
     def send(self, state: str) -> None:
-        """Send one notification (e.g. ``READY=1``); silently nothing outside systemd."""
+        """Send one notification (e.g. ``READY=1``); silently nothing outside systemd.
+
+        Best effort, as sd_notify(3) is: a socket that has gone away is logged once and never
+        stops the service (a raise here once kept a stopping station from closing its database).
+        """
         if self._address is None:
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(self._address)
-            sock.sendall(state.encode())
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.connect(self._address)
+                sock.sendall(state.encode())
+        except OSError as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning("systemd notification %s not delivered: %s", state, exc)
 
     async def watchdog(self, healthy: Callable[[], bool]) -> None:
         """Ping the watchdog at half its interval while ``healthy()``; a stalled loop stops it."""
