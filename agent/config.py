@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agent.errors import ConfigError
 from agent.firmware.trust import TrustSection
+from agent.wire.mqtt import RECONNECT_MAX_S, RECONNECT_MIN_S
 
 StationId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,47}$")]
 SlotName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,15}$")]
@@ -48,8 +49,8 @@ class BrokerSection(Section):
     tls: TlsSection | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     session_expiry_s: Annotated[int, Field(ge=0, le=30 * 86400)] = 7 * 86400
-    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.5
-    reconnect_max_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = RECONNECT_MIN_S
+    reconnect_max_s: Annotated[float, Field(gt=0, le=600)] = RECONNECT_MAX_S
     group: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,47}$")] | None = None
 
     @model_validator(mode="after")

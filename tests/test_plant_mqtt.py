@@ -82,3 +82,16 @@ async def test_rollout_status_lists_stations_and_sets(
                for line in lines)
     assert any("w-8" in line and "hash_mismatch" in line for line in lines)
     assert any(line.split()[:2] == ["st-2", "offline"] for line in lines)
+
+
+def test_recorder_reconnects_no_slower_than_a_station_and_resets_on_success() -> None:
+    from agent.config import BrokerSection
+    from agent.plant.recorder import Recorder
+    from agent.wire.mqtt import BrokerEndpoint
+
+    recorder = Recorder(endpoint=BrokerEndpoint(host="127.0.0.1", port=1), store=None)  # type: ignore[arg-type]
+    station_cap = BrokerSection.model_fields["reconnect_max_s"].default
+    delays = [recorder.backoff.next_delay() for _ in range(40)]  # a long broker outage
+    assert max(delays) <= station_cap <= 5.0  # back within seconds of the broker, not 30 s
+    recorder.backoff.reset()  # what a successful subscribe does
+    assert recorder.backoff.next_delay() <= 0.5

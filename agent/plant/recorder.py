@@ -14,7 +14,15 @@ import aiomqtt
 from agent.plant.records import Incoming, RecordStore
 from agent.wire.codec import encode
 from agent.wire.messages import RecordAck
-from agent.wire.mqtt import Backoff, BrokerEndpoint, CheckedClient, PublishRefused, make_client
+from agent.wire.mqtt import (
+    RECONNECT_MAX_S,
+    RECONNECT_MIN_S,
+    Backoff,
+    BrokerEndpoint,
+    CheckedClient,
+    PublishRefused,
+    make_client,
+)
 from agent.wire.topics import ALL_RECORDS, StationTopics, station_of
 
 log = logging.getLogger(__name__)
@@ -24,17 +32,21 @@ class Recorder:
     """Subscribes to every station's records, stores them, acknowledges them."""
 
     def __init__(self, *, endpoint: BrokerEndpoint, store: RecordStore,
-                 client_id: str = "plant-recorder") -> None:
+                 client_id: str = "plant-recorder",
+                 reconnect_max_s: float = RECONNECT_MAX_S) -> None:
         self._endpoint = endpoint
         self._store = store
         self._client_id = client_id
+        # Stations resend until acknowledged, so every second the recorder is away is a second
+        # of records piling up at every station: reconnect no slower than they do.
+        self.backoff = Backoff(base=min(RECONNECT_MIN_S, reconnect_max_s), cap=reconnect_max_s)
         self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
         self.stored = 0
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
-        """Serve until cancelled, reconnecting with backoff."""
-        backoff = Backoff(base=0.5, cap=30.0)
+        """Serve until cancelled, reconnecting with backoff (reset by each successful subscribe)."""
+        backoff = self.backoff
         while True:
             client = make_client(self._endpoint, client_id=self._client_id, persistent=True,
                                  session_expiry_s=7 * 86400)

@@ -101,6 +101,13 @@ def make_client(endpoint: BrokerEndpoint, *, client_id: str, will: aiomqtt.Will 
     )
 
 
+# Reconnect delays of every client (station and plant): a line must be back within seconds of a
+# broker restart, and a plant's recorder no later than its stations. Dozens of stations retrying
+# every few seconds is no load for a broker; jitter keeps them from arriving together.
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 5.0
+
+
 class Backoff:
     """Capped exponential backoff with jitter: delays in [d/2, d], d doubling up to ``cap``."""
 
