@@ -106,3 +106,41 @@ async def eventually(predicate: Callable[[], Any], *, timeout: float = 20.0,
                 return
             await asyncio.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def write_station_toml(path: Path, workdir: Path, port: int, *, station_id: str,
+                       op_delay_ms: int = 15) -> None:
+    """A station configuration file for a real `fixture-agent run` process (sim-flash slot)."""
+    pem = RELEASE.trust_section()["keys"][0]["public_key_pem"]
+    path.write_text(f"""
+[station]
+id = "{station_id}"
+[broker]
+host = "127.0.0.1"
+port = {port}
+reconnect_min_s = 0.05
+reconnect_max_s = 0.5
+[fixture]
+backend = "sim"
+clamp_settle_ms = 5
+power_settle_ms = 1
+[fixture.pins]
+clamp_sensor = 17
+clamp_actuator = 27
+dut_power = 22
+interlock = 23
+lamp_pass = 5
+lamp_fail = 6
+lamp_busy = 13
+[[slots]]
+name = "a"
+backend = "sim-flash"
+op_delay_ms = {op_delay_ms}
+[storage]
+dir = "{workdir}/station"
+[trust]
+keys = [{{ key_id = "{RELEASE.key_id}", alg = "ed25519", public_key_pem = '''{pem}''' }}]
+[limits]
+record_ack_timeout_s = 1
+min_free_disk_mb = 1
+""")

@@ -18,43 +18,7 @@ from pathlib import Path
 from agent.plant.trace import missing_sequences
 from agent.sim.broker import LocalBroker
 from tests.conftest import PlantRecorder
-from tests.helpers import RELEASE, eventually, start_job
-
-
-def write_config(path: Path, workdir: Path, port: int) -> None:
-    pem = RELEASE.trust_section()["keys"][0]["public_key_pem"]
-    path.write_text(f"""
-[station]
-id = "st-crash"
-[broker]
-host = "127.0.0.1"
-port = {port}
-reconnect_min_s = 0.05
-reconnect_max_s = 0.5
-[fixture]
-backend = "sim"
-clamp_settle_ms = 5
-power_settle_ms = 1
-[fixture.pins]
-clamp_sensor = 17
-clamp_actuator = 27
-dut_power = 22
-interlock = 23
-lamp_pass = 5
-lamp_fail = 6
-lamp_busy = 13
-[[slots]]
-name = "a"
-backend = "sim-flash"
-op_delay_ms = 15
-[storage]
-dir = "{workdir}/station"
-[trust]
-keys = [{{ key_id = "{RELEASE.key_id}", alg = "ed25519", public_key_pem = '''{pem}''' }}]
-[limits]
-record_ack_timeout_s = 1
-min_free_disk_mb = 1
-""")
+from tests.helpers import eventually, start_job, write_station_toml
 
 
 async def start_station(config: Path, notify: Path, units: int) -> asyncio.subprocess.Process:
@@ -77,7 +41,7 @@ def notifications(sock: socket.socket) -> list[str]:
 async def test_sigkill_mid_run_loses_nothing_and_counts_nothing_twice(
         tmp_path: Path, broker: LocalBroker, recorder: PlantRecorder) -> None:
     config = tmp_path / "station.toml"
-    write_config(config, tmp_path, broker.port)
+    write_station_toml(config, tmp_path, broker.port, station_id="st-crash")
     notify_path = tmp_path / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
