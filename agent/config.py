@@ -1,12 +1,20 @@
 """Station configuration: frozen pydantic models loaded from TOML.
 
 Every defect is reported with its key path, what was expected and what was found
-(``fixture-agent check-config FILE``). Relative paths are resolved against the file's folder.
+(``fixture-agent check-config FILE``).
+
+Paths: what the station writes (``storage.dir``, ``simulation.board_dir``) lives in its state
+directory: ``--state-dir``, else ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``), else
+``/var/lib/fixture-agent``; relative values are taken inside it and ``storage.dir`` defaults to
+it. What the station only reads (TLS files, the image CA bundle) is relative to the file's folder.
+Nothing is ever written next to the configuration.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -123,8 +131,18 @@ class UartSlot(Section):
 SlotConfig = Annotated[SimFlashSlot | PyOcdSlot | UartSlot, Field(discriminator="backend")]
 
 
+DEFAULT_STATE_DIR = Path("/var/lib/fixture-agent")
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """systemd's ``$STATE_DIRECTORY`` (its first entry) when set, else /var/lib/fixture-agent."""
+    value = (os.environ if env is None else env).get("STATE_DIRECTORY", "")
+    return Path(value.split(":")[0]) if value else DEFAULT_STATE_DIR
+
+
 class StorageSection(Section):
-    dir: Path
+    dir: Path = Field(description="the station's state (database, image cache); default: the "
+                                  "state directory itself")
 
     @property
     def database(self) -> Path:
@@ -186,13 +204,16 @@ class StationConfig(Section):
         return self
 
 
-def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
-    """Make relative paths in the raw tree relative to the config file's folder."""
-    targets = [("storage", "dir"), ("simulation", "board_dir"), ("images", "ca_bundle")]
-    for section, key in targets:
+def _resolve_paths(raw: dict[str, Any], base: Path, state_dir: Path) -> None:
+    """Written paths inside the state directory; read-only files relative to the config's folder."""
+    if isinstance(raw.get("storage", {}), dict):
+        raw.setdefault("storage", {}).setdefault("dir", ".")
+    targets = [("storage", "dir", state_dir), ("simulation", "board_dir", state_dir),
+               ("images", "ca_bundle", base)]
+    for section, key, root in targets:
         value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
         if isinstance(value, str) and not Path(value).is_absolute():
-            raw[section][key] = str(base / value)
+            raw[section][key] = str((root / value).resolve())
     tls = raw.get("broker", {}).get("tls") if isinstance(raw.get("broker"), dict) else None
     if isinstance(tls, dict):
         for key in ("ca", "cert", "key"):
@@ -210,6 +231,11 @@ def format_problems(error: ValidationError) -> list[str]:
         if item["type"] == "too_short" and item["loc"] in nested:
             continue  # "slots: too short" only echoes an invalid slot reported on its own
         loc = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "missing" and item["loc"] == ("trust",):
+            problems.append("trust: missing; the station accepts firmware sets only from the "
+                            "release keys listed here: append the entry `fixture-agent plant "
+                            "keygen` prints (README: run a station against your own broker)")
+            continue
         found = item.get("input")
         if item["type"] == "missing":
             shown = "nothing"
@@ -223,16 +249,17 @@ def format_problems(error: ValidationError) -> list[str]:
     return problems
 
 
-def parse_config(raw: dict[str, Any], *, source: str, base: Path) -> StationConfig:
-    """Validate an already-decoded TOML tree."""
-    _resolve_paths(raw, base)
+def parse_config(raw: dict[str, Any], *, source: str, base: Path,
+                 state_dir: Path | None = None) -> StationConfig:
+    """Validate an already-decoded TOML tree (``base``: the file's folder)."""
+    _resolve_paths(raw, base, state_dir or default_state_dir())
     try:
         return StationConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(source, format_problems(exc)) from None
 
 
-def load_config(path: Path) -> StationConfig:
+def load_config(path: Path, *, state_dir: Path | None = None) -> StationConfig:
     """Load and validate a TOML configuration file, or raise ConfigError naming every problem."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -240,4 +267,4 @@ def load_config(path: Path) -> StationConfig:
         raise ConfigError(str(path), ["file not found"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
-    return parse_config(raw, source=str(path), base=path.resolve().parent)
+    return parse_config(raw, source=str(path), base=path.resolve().parent, state_dir=state_dir)

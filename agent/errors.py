@@ -45,6 +45,10 @@ class ConfigError(AgentError):
         super().__init__(f"{source}: {len(problems)} problem(s): " + "; ".join(problems))
 
 
+class HardwareUnavailable(AgentError):
+    """The station's configured hardware cannot be reached on this machine (no GPIO, no probe)."""
+
+
 class ProgrammerError(AgentError):
     """A programmer backend failed. ``code`` lands in the unit record."""
 

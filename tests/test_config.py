@@ -21,17 +21,31 @@ def check_config(path: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, check=False)
 
 
-@pytest.mark.parametrize("name", ["station.example.toml", "demo.toml"])
-def test_shipped_configs_are_valid(name: str) -> None:
-    result = check_config(ROOT / "config" / name)
+def test_shipped_example_config_is_valid() -> None:
+    result = check_config(ROOT / "config" / "station.example.toml")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("OK: station ")
 
 
-def test_demo_config_is_the_embedded_demo_default() -> None:
+def test_demo_config_needs_the_users_own_release_key(tmp_path: Path) -> None:
+    alone = check_config(ROOT / "config" / "demo.toml")
+    assert alone.returncode == 2
+    assert "fixture-agent plant keygen" in alone.stderr  # says how, not just "missing"
+    keygen = subprocess.run([sys.executable, "-m", "agent", "plant", "keygen", "--key-id",
+                             "lab", "--out", str(tmp_path / "keys")], capture_output=True,
+                            text=True, check=True)
+    station = tmp_path / "station.toml"
+    station.write_text((ROOT / "config" / "demo.toml").read_text() + keygen.stdout)
+    result = check_config(station)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK: station demo-st01")
+
+
+def test_embedded_demo_config_is_the_shipped_one_plus_its_trust() -> None:
     shipped = tomllib.loads((ROOT / "config" / "demo.toml").read_text())
     embedded = tomllib.loads(resources.files("agent.demo").joinpath("station.toml").read_text())
-    assert shipped == embedded
+    assert set(embedded) - set(shipped) == {"trust"}
+    assert {key: embedded[key] for key in shipped} == shipped
 
 
 def test_check_config_lists_every_problem_with_its_key(tmp_path: Path) -> None:

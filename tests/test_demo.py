@@ -37,3 +37,11 @@ def test_demo_programs_units_and_exits_zero_only_when_all_records_are_acknowledg
     unknown = fixture_agent("trace", "SN-999999", "--db", str(records_db))
     assert unknown.returncode == 1
     assert "no record of serial SN-999999" in unknown.stderr
+
+
+def test_demo_without_workdir_prints_no_command_for_files_it_removes() -> None:
+    result = fixture_agent("demo", "--units", "1", "--backend", "sim-flash")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--db" not in result.stdout  # its database is gone when the demo exits
+    assert "keep them with --workdir DIR" in result.stdout
+    assert "serial SN-001000: PASS, routed to ship" in result.stdout  # the trace is still shown

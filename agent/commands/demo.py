@@ -28,4 +28,4 @@ def _demo(args: argparse.Namespace) -> int:
     if args.workdir is not None:
         return run_demo(units=args.units, workdir=args.workdir.resolve(), backend=args.backend)
     with tempfile.TemporaryDirectory(prefix="fixture-agent-demo-") as tmp:
-        return run_demo(units=args.units, workdir=Path(tmp), backend=args.backend)
+        return run_demo(units=args.units, workdir=Path(tmp), backend=args.backend, kept=False)

@@ -38,12 +38,11 @@ def demo_config(*, workdir: Path, broker_port: int, backend: str,
     raw: dict[str, Any] = tomllib.loads(
         resources.files("agent.demo").joinpath("station.toml").read_text())
     raw["broker"]["port"] = broker_port
-    raw["storage"]["dir"] = str(workdir / "station")
     raw["simulation"]["board_dir"] = str(workdir / "boards")
     raw["trust"] = trust
     if backend == "sim-flash":
         raw["slots"] = [{"name": "a", "backend": "sim-flash"}]
-    return parse_config(raw, source="demo", base=workdir)
+    return parse_config(raw, source="demo", base=workdir, state_dir=workdir / "station")
 
 
 @dataclass
@@ -58,9 +57,11 @@ class DemoResult:
 class Demo:
     """Runs one demo scenario and reports to ``out``."""
 
-    def __init__(self, *, units: int, workdir: Path, backend: str, out: TextIO) -> None:
+    def __init__(self, *, units: int, workdir: Path, backend: str, out: TextIO,
+                 kept: bool = True) -> None:
         self.units = units
         self.workdir = workdir
+        self.kept = kept  # False: the run's files are removed when it ends
         self.backend = backend
         self.out = out
         self.records: list[UnitRecord] = []
@@ -138,7 +139,11 @@ class Demo:
                  f"sequence gaps: {missing or 'none'}")
         if self.records and self.records[-1].serial:
             serial = self.records[-1].serial
-            self.say(f"\n$ fixture-agent trace {serial} --db {self.workdir}/plant/records.db")
+            if self.kept:
+                self.say(f"\n$ fixture-agent trace {serial} --db {self.workdir}/plant/records.db")
+            else:
+                self.say(f"\ntrace of serial {serial} (this run's files are removed when it ends; "
+                         "keep them with --workdir DIR to trace serials afterwards):")
             self.say(format_trace(await find_by_serial(db, serial)))
         return DemoResult(records=self.records, acknowledged=acknowledged, missing=missing)
 
@@ -151,9 +156,9 @@ class Demo:
         return False
 
 
-def run_demo(*, units: int, workdir: Path, backend: str) -> int:
+def run_demo(*, units: int, workdir: Path, backend: str, kept: bool = True) -> int:
     """Run the demo; 0 only when all ``units`` records were acknowledged without gaps."""
-    result = asyncio.run(Demo(units=units, workdir=workdir, backend=backend,
-                              out=sys.stdout).run())
+    result = asyncio.run(Demo(units=units, workdir=workdir, backend=backend, out=sys.stdout,
+                              kept=kept).run())
     ok = result.acknowledged and len(result.records) == units and not result.missing
     return 0 if ok else 1

@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from agent.config import PyOcdSlot, StationConfig, UartSlot
-from agent.errors import FailureCode
+from agent.errors import FailureCode, HardwareUnavailable
 from agent.firmware.antirollback import AntiRollbackStore
 from agent.firmware.fetch import FetchPolicy
 from agent.firmware.imagestore import ImageStore
@@ -23,6 +24,7 @@ from agent.firmware.manager import RolloutManager
 from agent.firmware.rollout import SetStatus
 from agent.hw.fixture import Fixture, GpioFixture
 from agent.hw.programmer import Programmer
+from agent.station.console import StationConsole
 from agent.station.intake import JobIntake, SetIntake
 from agent.station.jobs import JobBook
 from agent.station.link import Link
@@ -37,6 +39,7 @@ from agent.wire.topics import StationTopics, group_firmware_set
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 10.0
+OPERATOR_ACK_WAIT_S = 30.0  # --operator-units: how long to wait for the plant's acks at the end
 
 
 @dataclass
@@ -84,9 +87,7 @@ async def build_hardware(config: StationConfig) -> Hardware:
                                                                            build_programmer)
         return Hardware(fixture=sim_fixture, programmers=sim_programmers, sim=sim,
                         closers=[*_stop_workers(sim_programmers), sim.close])
-    fixture = GpioFixture(pins=config.fixture.pins, pin_factory=None,
-                          bounce_ms=config.fixture.clamp_bounce_ms,
-                          settle_ms=config.fixture.clamp_settle_ms)
+    fixture = _gpio_fixture(config)
     programmers: dict[str, Programmer] = {}
     for slot in config.slots:
         if not isinstance(slot, PyOcdSlot | UartSlot):
@@ -95,6 +96,24 @@ async def build_hardware(config: StationConfig) -> Hardware:
         programmers[slot.name] = build_programmer(slot, pin_factory=None)
     return Hardware(fixture=fixture, programmers=programmers,
                     closers=_stop_workers(programmers))
+
+
+def _gpio_fixture(config: StationConfig) -> GpioFixture:
+    """The real fixture on gpiozero's default pin factory, or a sentence saying what is missing."""
+    from gpiozero.exc import BadPinFactory, PinFactoryFallback
+
+    with warnings.catch_warnings(record=True) as tried:
+        warnings.simplefilter("always", PinFactoryFallback)
+        try:
+            return GpioFixture(pins=config.fixture.pins, pin_factory=None,
+                               bounce_ms=config.fixture.clamp_bounce_ms,
+                               settle_ms=config.fixture.clamp_settle_ms)
+        except BadPinFactory:
+            reasons = "; ".join(str(w.message).removeprefix("Falling back from ") for w in tried)
+    raise HardwareUnavailable(
+        f"no usable GPIO on this machine: gpiozero found no pin factory ({reasons}). On a "
+        "Raspberry Pi install the GPIO library with pip install 'fixture-agent[pi]' (lgpio); to "
+        "run without fixture hardware set fixture.backend = \"sim\" in the configuration")
 
 
 @dataclass
@@ -214,31 +233,61 @@ async def _call(close: Callable[[], Any]) -> None:
         await result
 
 
-async def run_until_signalled(config: StationConfig, *, operator_units: int | None = None) -> None:
+async def run_until_signalled(config: StationConfig, *, operator_units: int | None = None,
+                              console: StationConsole | None = None) -> None:
     """The service's main: serve until SIGTERM/SIGINT, letting a unit in progress finish as FAIL.
 
-    ``operator_units`` (simulated fixture only) has the simulated operator cycle that many boards.
+    ``operator_units`` (simulated fixture only) has the simulated operator cycle that many boards,
+    waits (bounded) until the plant has acknowledged their records, and then stops the station.
+    ``console`` is told about every unit and every change in what the station waits for.
     """
-    hardware = await build_hardware(config)
-    parts_box: list[StationParts] = []
-    operator_tasks: list[asyncio.Task[list[str]]] = []
-
-    def started(parts: StationParts) -> None:
-        parts_box.append(parts)
-        if operator_units:
-            operator_tasks.append(asyncio.get_running_loop().create_task(
-                hardware.sim.operator.run(operator_units), name="simulated-operator"))
-
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
+    parts_box: list[StationParts] = []
+    background: set[asyncio.Task[None]] = set()
 
     async def shutdown() -> None:
         if parts_box:
             await parts_box[0].station.stop(FailureCode.ABORTED, grace_s=SHUTDOWN_GRACE_S)
         task.cancel()
 
+    def request_stop() -> None:
+        if not any(t.get_name() == "shutdown" for t in background):  # once, however asked
+            background.add(loop.create_task(shutdown(), name="shutdown"))
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: loop.create_task(shutdown()))
+        loop.add_signal_handler(signum, request_stop)
     with contextlib.suppress(asyncio.CancelledError):
+        hardware = await build_hardware(config)
+
+        async def operate(parts: StationParts, units: int) -> None:
+            await hardware.sim.operator.run(units)
+            left = await _wait_until_acknowledged(parts.outbox, OPERATOR_ACK_WAIT_S)
+            if console is not None:
+                console.say(f"simulated operator: {units} units done; " + (
+                    "every record acknowledged by the plant" if not left else
+                    f"{left} records still wait for the plant's acknowledgement (they stay in "
+                    "the outbox and go out at the next start)"))
+            request_stop()
+
+        def started(parts: StationParts) -> None:
+            parts_box.append(parts)
+            if console is not None:
+                parts.station.record_listeners.append(console.unit)
+                parts.status.listeners.append(console.status)
+                parts.link.listeners.append(console.link)
+            if operator_units:
+                background.add(loop.create_task(operate(parts, operator_units),
+                                                name="simulated-operator"))
+
         await serve(config, hardware, started=started)
+
+
+async def _wait_until_acknowledged(outbox: Outbox, timeout_s: float) -> int:
+    """Wait until the outbox is empty or ``timeout_s`` passed; returns the records left."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            while await outbox.depth():  # noqa: ASYNC110 (a row count; acks raise no event here)
+                await asyncio.sleep(0.1)
+    return await outbox.depth()

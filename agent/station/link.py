@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 WINDOW = 1000  # records in flight (published, not yet acknowledged) at most
 BATCH = 100  # publishes awaited together
+OFFLINE_PUBLISH_S = 2.0  # how long a stopping station waits to leave its offline status
 Handler = Callable[[bytes, str], Awaitable[object]]
 
 
@@ -54,6 +55,11 @@ class Link:
         self._backoff = backoff
         self._sent_at: dict[int, float] = {}
         self.connected = asyncio.Event()
+        self.listeners: list[Callable[[bool, str], None]] = []  # (connected, what happened)
+
+    def _tell(self, connected: bool, detail: str) -> None:
+        for listener in self.listeners:
+            listener(connected, detail)
 
     def add_handler(self, topic: str, handler: Handler) -> None:
         """Route messages on ``topic`` (subscribed at every connect) to ``handler``."""
@@ -74,10 +80,12 @@ class Link:
             started = time.monotonic()
             try:
                 async with client:
-                    log.info("connected to %s:%d", self._endpoint.host, self._endpoint.port)
+                    log.info("connected to %s", self._endpoint.address)
                     await self._serve(client)
             except* aiomqtt.MqttError as group:  # from the client or from any of _serve's tasks
                 log.warning("broker link down: %s", group.exceptions[0])
+                self._tell(False, f"no connection to {self._endpoint.address} "
+                                  f"({group.exceptions[0]}); retrying")
             finally:
                 self._client = None
                 self.connected.clear()
@@ -93,10 +101,24 @@ class Link:
                                      retain=True)
         self._client = client
         self.connected.set()
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._read(client), name="link-read")
-            group.create_task(self._deliver(client), name="link-deliver")
-            group.create_task(self._publish_status(client), name="link-status")
+        self._tell(True, f"connected to {self._endpoint.address}")
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._read(client), name="link-read")
+                group.create_task(self._deliver(client), name="link-deliver")
+                group.create_task(self._publish_status(client), name="link-status")
+        except asyncio.CancelledError:
+            await self._say_offline(client)
+            raise
+
+    async def _say_offline(self, client: CheckedClient) -> None:
+        """A clean stop: leave an offline status retained (a clean DISCONNECT sends no will)."""
+        try:
+            async with asyncio.timeout(OFFLINE_PUBLISH_S):
+                await client.publish_checked(self._topics.status,
+                                             encode(self._status.stopped()), retain=True)
+        except (aiomqtt.MqttError, PublishRefused, TimeoutError) as exc:
+            log.warning("could not leave an offline status: %s", exc)
 
     async def _read(self, client: CheckedClient) -> None:
         async for message in client.messages:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,13 +19,16 @@ class StatusBoard:
         self._status = StationStatus(station=station_id, state="online",
                                      agent_version=__version__)
         self.changed = asyncio.Event()
+        self.listeners: list[Callable[[StationStatus], None]] = []
 
     def update(self, **changes: Any) -> None:
-        """Change some fields; wakes the publisher only when something really changed."""
+        """Change some fields; wakes the publisher (and listeners) only on a real change."""
         updated = self._status.model_copy(update=changes)
         if updated != self._status:
             self._status = updated
             self.changed.set()
+            for listener in self.listeners:
+                listener(updated)
 
     @property
     def accepting_units(self) -> bool:
@@ -39,6 +43,11 @@ class StatusBoard:
     def snapshot(self) -> StationStatus:
         """The retained status message, stamped now."""
         return self._status.model_copy(update={"at": datetime.now(UTC)})
+
+    def stopped(self) -> StationStatus:
+        """The status a cleanly stopping station leaves behind: offline, with its last figures."""
+        return self._status.model_copy(update={"state": "offline", "accepting_units": False,
+                                               "at": datetime.now(UTC)})
 
     def offline(self) -> StationStatus:
         """The last-will status: what the broker publishes when the station vanishes."""
