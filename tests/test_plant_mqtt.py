@@ -38,7 +38,7 @@ async def test_publish_set_verifies_then_publishes_retained(
     signed = tmp_path / "set.signed.json"
     signed.write_bytes(OWNER.sign(json.dumps(manifest_dict(
         not_before=NOW.replace(year=2000), expires=NOW.replace(year=2100))).encode()))
-    broker_args = ["--broker", "127.0.0.1", "--port", str(broker.port)]
+    broker_args = ["--broker", f"127.0.0.1:{broker.port}"]
     code = await asyncio.to_thread(main, ["plant", "publish-set", str(signed), "--group",
                                           "line-3", "--trust-store", str(trust), *broker_args])
     assert code == 0, capsys.readouterr().err
@@ -73,8 +73,8 @@ async def test_rollout_status_lists_stations_and_sets(
                              retain=True)
         await client.publish("fixture/v1/station/st-2/status", b'{"state": "offline"}', qos=1,
                              retain=True)
-    code = await asyncio.to_thread(main, ["plant", "rollout-status", "--broker", "127.0.0.1",
-                                          "--port", str(broker.port), "--quiet", "0.5"])
+    code = await asyncio.to_thread(main, ["plant", "rollout-status", "--broker",
+                                          f"127.0.0.1:{broker.port}", "--quiet", "0.5"])
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()

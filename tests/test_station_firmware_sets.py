@@ -46,7 +46,7 @@ async def test_bad_sets_are_refused_with_their_reason_and_nothing_is_programmed(
     lying["sequence"] = 9
     lying["images"][1]["sha256"] = lying["images"][0]["sha256"]  # the hash of another image
     cases = [
-        ("unsigned", json.dumps(manifest).encode(), "malformed"),
+        ("unsigned", json.dumps(manifest).encode(), "unsigned"),
         ("another key", ReleaseKey("intruder").sign(manifest), "unknown_key"),
         ("one byte changed", tampered, "bad_signature"),
         ("expired", RELEASE.sign({**manifest, "set_id": "old-x", "sequence": 8,

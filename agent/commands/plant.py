@@ -1,4 +1,7 @@
-"""`fixture-agent plant ...`: release keys, signing, verifying and publishing firmware sets.
+"""`fixture-agent plant ...`: release keys, signing and verifying firmware sets.
+
+Publishing sets and jobs and reading the stations' rollout status live in
+:mod:`agent.commands.plant_publish`.
 
 Exit codes: 0 success, 1 the set (or token, or broker) refused, 2 unusable input or configuration.
 PINs and passphrases are read from environment variables named on the command line
@@ -15,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.commands import plant_publish
 from agent.errors import AgentError, BadMessage, ConfigError, FirmwareSetError
 from agent.firmware.antirollback import AntiRollbackStore
 from agent.firmware.crypto import ALGORITHMS
@@ -32,8 +36,7 @@ def register(subparsers: Any) -> None:
     _add_keygen(sub)
     _add_sign(sub)
     _add_verify(sub)
-    _add_publish(sub)
-    _add_status(sub)
+    plant_publish.register(sub)
 
 
 def _add_token_options(parser: argparse.ArgumentParser) -> None:
@@ -75,42 +78,6 @@ def _add_verify(sub: Any) -> None:
                         help="check validity at this ISO time (default: now)")
     parser.add_argument("--state", type=Path, help="a station's anti-rollback state file")
     parser.set_defaults(handler=verify_set_command)
-
-
-def _add_broker_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("broker")
-    group.add_argument("--broker", required=True, help="broker host")
-    group.add_argument("--port", type=int, default=8883)
-    group.add_argument("--ca", type=Path, help="CA bundle; TLS is used when given")
-    group.add_argument("--cert", type=Path, help="client certificate (PEM)")
-    group.add_argument("--key", type=Path, help="client key (PEM)")
-    group.add_argument("--client-id", default="plant-firmware")
-
-
-def _add_publish(sub: Any) -> None:
-    parser = sub.add_parser("publish-set", help="publish a signed set (retained) to stations")
-    parser.add_argument("signed", type=Path, metavar="SIGNED")
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--station", help="one station id")
-    target.add_argument("--group", help="a group of stations ([broker] group in their config)")
-    parser.add_argument("--trust-store", type=Path, required=True,
-                        help="verify with the stations' trust store before publishing")
-    _add_broker_options(parser)
-    parser.set_defaults(handler=publish_set_command, at=None, state=None)
-
-
-def _add_status(sub: Any) -> None:
-    parser = sub.add_parser("rollout-status", help="which station has which set in which state")
-    parser.add_argument("--quiet", type=float, default=1.0, metavar="S",
-                        help="stop after S seconds without another station (default 1)")
-    _add_broker_options(parser)
-    parser.set_defaults(handler=rollout_status_command)
-
-
-def _endpoint(args: argparse.Namespace) -> Any:
-    from agent.wire.mqtt import BrokerEndpoint
-
-    return BrokerEndpoint(args.broker, args.port, ca=args.ca, cert=args.cert, key=args.key)
 
 
 def _secret(args: argparse.Namespace, value_attr: str, env_attr: str) -> str | None:
@@ -252,43 +219,3 @@ def summary(verified: VerifiedSet) -> str:
                      f"{image.size:>9} B sha256:{image.sha256[:16]} v{image.version} "
                      f"key {image.key_ref}")
     return "\n".join(lines)
-
-
-def publish_set_command(args: argparse.Namespace) -> int:
-    """Verify SIGNED as the stations will, then publish it retained to a station or group."""
-    import asyncio
-
-    import aiomqtt
-
-    from agent.plant.rollout_tools import publish_set, set_topic
-
-    code = verify_set_command(args)
-    if code != EXIT_OK:
-        return code
-    try:
-        topic = set_topic(station=args.station, group=args.group)
-        asyncio.run(publish_set(_endpoint(args), topic, args.signed.read_bytes(),
-                                client_id=args.client_id))
-    except ValueError as exc:
-        return _fail(EXIT_USAGE, str(exc))
-    except (aiomqtt.MqttError, AgentError, OSError) as exc:
-        return _fail(EXIT_REFUSED, f"not published: {exc}")
-    print(f"published to {topic} (retained)")
-    return EXIT_OK
-
-
-def rollout_status_command(args: argparse.Namespace) -> int:
-    """Print each station's firmware sets and their states from its retained status."""
-    import asyncio
-
-    import aiomqtt
-
-    from agent.plant.rollout_tools import collect_rollout, format_rollout
-
-    try:
-        stations = asyncio.run(collect_rollout(_endpoint(args), client_id=args.client_id,
-                                               quiet_s=args.quiet))
-    except (aiomqtt.MqttError, OSError) as exc:
-        return _fail(EXIT_REFUSED, f"broker: {exc}")
-    print(format_rollout(stations))
-    return EXIT_OK

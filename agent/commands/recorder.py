@@ -9,33 +9,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.commands.common import add_broker_options, endpoint_from
 from agent.plant.recorder import Recorder
 from agent.plant.records import RecordStore, open_record_db
 from agent.plant.trace import find_by_serial, format_trace
-from agent.wire.mqtt import BrokerEndpoint
-
-
-def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
-    """--broker HOST:PORT and the TLS files, shared by the plant-side commands."""
-    parser.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT of the broker")
-    parser.add_argument("--ca", type=Path, help="CA bundle; enables TLS")
-    parser.add_argument("--cert", type=Path, help="client certificate (PEM)")
-    parser.add_argument("--key", type=Path, help="client key (PEM)")
-
-
-def endpoint_from(args: argparse.Namespace) -> BrokerEndpoint:
-    """The broker endpoint the arguments name."""
-    host, _, port = args.broker.rpartition(":")
-    if not host or not port.isdigit():
-        raise SystemExit(f"--broker: expected HOST:PORT, found {args.broker!r}")
-    return BrokerEndpoint(host=host, port=int(port), ca=args.ca, cert=args.cert, key=args.key)
+from agent.wire.mqtt import RECONNECT_MAX_S
 
 
 def register(subparsers: Any) -> None:
     """Add the recorder's commands."""
     recorder = subparsers.add_parser("recorder", help="plant side: store and acknowledge records")
     recorder.add_argument("--db", type=Path, required=True, help="recorder database (SQLite)")
-    add_broker_arguments(recorder)
+    recorder.add_argument("--reconnect-max-s", type=float, default=RECONNECT_MAX_S, metavar="S",
+                          help="longest wait between reconnect attempts (default: %(default)s)")
+    add_broker_options(recorder, client_id="plant-recorder")
     recorder.set_defaults(handler=_recorder)
     trace = subparsers.add_parser("trace", help="what was programmed on a serial, by whom")
     trace.add_argument("serial")
@@ -45,10 +32,13 @@ def register(subparsers: Any) -> None:
 
 
 def _recorder(args: argparse.Namespace) -> int:
+    endpoint = endpoint_from(args)
+
     async def serve() -> None:
         db = await open_record_db(args.db)
         try:
-            await Recorder(endpoint=endpoint_from(args), store=RecordStore(db)).run()
+            await Recorder(endpoint=endpoint, store=RecordStore(db), client_id=args.client_id,
+                           reconnect_max_s=args.reconnect_max_s).run()
         finally:
             await db.close()
 

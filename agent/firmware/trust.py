@@ -8,6 +8,7 @@ and only then the manifest's fields (schema, validity window, anti-rollback).
 from __future__ import annotations
 
 import base64
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -138,6 +139,10 @@ def verify_signed_set(
     try:
         envelope = parse_inbound(SignedFirmwareSet, raw, max_bytes=MAX_SIGNED_SET_BYTES)
     except BadMessage as exc:
+        bare = _bare_manifest_schema(raw)
+        if bare is not None:
+            raise refuse(Reason.UNSIGNED, f"this is a bare manifest ({bare}), not a signed set: "
+                         "sign it first (fixture-agent plant sign-set)") from None
         raise refuse(Reason.MALFORMED, f"{exc.code}: {exc.reason}") from None
     claimed = _claimed_set_id(envelope)
     try:
@@ -158,6 +163,18 @@ def verify_signed_set(
         check_sequence(accepted, product=manifest.product, sequence=manifest.sequence,
                        digest=digest, set_id=manifest.set_id)
     return VerifiedSet(manifest=manifest, digest=digest, signed_bytes=raw, key_ids=key_ids)
+
+
+def _bare_manifest_schema(raw: bytes) -> str | None:
+    """The schema of an unsigned manifest given where a signed set belongs, else None."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    schema = body.get("schema") if isinstance(body, dict) else None
+    if isinstance(schema, str) and schema.startswith("fixture-agent/firmware-set@"):
+        return schema
+    return None
 
 
 def _claimed_set_id(envelope: SignedFirmwareSet) -> str | None:

@@ -54,12 +54,16 @@ def describe_validation_error(error: ValidationError) -> str:
     """One line per problem: the field path, what was expected, what was found."""
     lines = []
     for item in error.errors(include_url=False):
-        loc = ".".join(str(part) for part in item["loc"]) or "$"
+        message = item["msg"].removeprefix("Value error, ")
+        if not item["loc"]:  # a check of the whole message: the message is what was found
+            lines.append(message)
+            continue
+        loc = ".".join(str(part) for part in item["loc"])
         found = item.get("input")
         shown = repr(found) if not isinstance(found, dict | list) else type(found).__name__
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"{loc}: {item['msg']} (found {shown})")
+        lines.append(f"{loc}: {message} (found {shown})")
     return "; ".join(lines)
 
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
@@ -26,8 +26,13 @@ def _int_or_hex(value: object) -> object:
     return value
 
 
-Address = Annotated[int, BeforeValidator(_int_or_hex), Field(ge=0, le=0xFFFF_FFFF)]
-Word = Annotated[int, BeforeValidator(_int_or_hex), Field(ge=0, le=0xFFFF_FFFF)]
+# What the JSON may hold for a 32-bit address or word: the schema says so for other languages.
+_U32_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 0xFFFF_FFFF},
+                         {"type": "string", "pattern": "^0[xX][0-9a-fA-F]{1,8}$"}]}
+Address = Annotated[int, BeforeValidator(_int_or_hex), Field(ge=0, le=0xFFFF_FFFF),
+                    WithJsonSchema(_U32_SCHEMA)]
+Word = Annotated[int, BeforeValidator(_int_or_hex), Field(ge=0, le=0xFFFF_FFFF),
+                 WithJsonSchema(_U32_SCHEMA)]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
 Text = Annotated[str, Field(min_length=1, max_length=200)]

@@ -13,6 +13,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -30,9 +31,40 @@ class PublishRefused(AgentError):
         super().__init__(f"broker refused publish to {topic}: {reason}")
 
 
+DEFAULT_BROKER = "127.0.0.1:1883"
+_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+def parse_broker_address(text: str) -> tuple[str, int, bool]:
+    """``HOST:PORT``, ``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]`` as (host, port, tls).
+
+    The one form every command takes for ``--broker``; IPv6 hosts go in brackets
+    (``[::1]:1883``). Raises ValueError with a sentence naming what is wrong.
+    """
+    expected = "expected HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+    scheme, has_scheme, _ = text.partition("://")
+    if has_scheme and scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"broker address {text!r}: unknown scheme {scheme!r}; {expected}")
+    url = urlsplit(text if has_scheme else f"//{text}")
+    try:
+        port = url.port
+    except ValueError:
+        raise ValueError(f"broker address {text!r}: the port is not 1..65535") from None
+    extra = url.path or url.query or url.fragment or url.username or url.password
+    if extra or not url.hostname or (port is None and not has_scheme):
+        raise ValueError(f"broker address {text!r}: {expected}")
+    if port == 0:
+        raise ValueError(f"broker address {text!r}: the port is not 1..65535")
+    return url.hostname, port or _DEFAULT_PORTS[scheme], scheme == "mqtts"
+
+
 @dataclass(frozen=True)
 class BrokerEndpoint:
-    """Where and how to reach a broker."""
+    """Where and how to reach a broker.
+
+    TLS is used when ``tls`` is set (an ``mqtts://`` address) or a CA bundle is given; without
+    ``ca`` the system's trusted CAs verify the broker.
+    """
 
     host: str
     port: int
@@ -40,12 +72,28 @@ class BrokerEndpoint:
     cert: Path | None = None
     key: Path | None = None
     keepalive_s: int = 30
+    tls: bool = False
+
+    @classmethod
+    def from_address(cls, address: str, *, ca: Path | None = None, cert: Path | None = None,
+                     key: Path | None = None) -> BrokerEndpoint:
+        """The endpoint an address (see :func:`parse_broker_address`) and TLS files name."""
+        host, port, tls = parse_broker_address(address)
+        return cls(host=host, port=port, ca=ca, cert=cert, key=key, tls=tls)
+
+    @property
+    def address(self) -> str:
+        """The endpoint as a person writes it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        scheme = "mqtts" if self.tls or self.ca is not None else "mqtt"
+        return f"{scheme}://{host}:{self.port}"
 
     def tls_context(self) -> ssl.SSLContext | None:
         """A verifying TLS context, or None for plain TCP (loopback demos and tests only)."""
-        if self.ca is None:
+        if self.ca is None and not self.tls:
             return None
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
+        cafile = str(self.ca) if self.ca is not None else None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
         if self.cert is not None and self.key is not None:
             context.load_cert_chain(str(self.cert), str(self.key))
         return context
