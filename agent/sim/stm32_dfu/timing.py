@@ -8,8 +8,10 @@ data packets and its status stage. Flash times are RM0090's typical figures at x
 The device reports each operation's time as ``bwPollTimeout`` (whole milliseconds) and stays busy
 that long: a request arriving earlier is NAKed until then, as ST's ROM does while it programs. The
 bus is a clock of its own: transfers add to it and the caller sleeps only once it falls behind, so
-Python's own time between transfers is not charged twice. With the model off (tests) nothing waits
-and every poll timeout is 0.
+Python's own time between transfers is not charged twice. When the simulator itself wakes late
+from such a sleep, the next transfer is taken to arrive that much earlier: the host is charged for
+its own time, never for the simulator's. With the model off (tests) nothing waits and every poll
+timeout is 0.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class DfuTiming:
     early_polls: int = 0  # requests that arrived while the device was still busy
     _bus_free_at: float = field(default=0.0, repr=False)
     _ready_at: float = field(default=0.0, repr=False)
+    _overslept: float = field(default=0.0, repr=False)
 
     def poll_timeout_ms(self, seconds: float) -> int:
         """What the device reports for an operation of ``seconds`` (0 with the model off)."""
@@ -71,18 +74,20 @@ class DfuTiming:
         if not self.enabled:
             return
         now = time.monotonic()
-        if now < self._ready_at:
+        arrival, self._overslept = now - self._overslept, 0.0
+        if arrival < self._ready_at:
             self.early_polls += 1
-        start = max(now, self._bus_free_at, self._ready_at)
+        start = max(arrival, self._bus_free_at, self._ready_at)
         self._bus_free_at = start + transfer_s(length)
         behind = self._bus_free_at - now
         if behind >= _SLEEP_SLICE_S or (settle and behind > 0):
             time.sleep(behind)
+            self._overslept = max(0.0, time.monotonic() - self._bus_free_at)
 
     def busy_for(self, milliseconds: int) -> float:
         """The device works ``milliseconds`` after the transfer just accounted; its ready time."""
         if self.enabled:
-            self._ready_at = max(self._bus_free_at, time.monotonic()) + milliseconds / 1000
+            self._ready_at = self._bus_free_at + milliseconds / 1000
             return self._ready_at
         return time.monotonic()
 
