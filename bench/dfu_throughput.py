@@ -126,13 +126,16 @@ def summary(name: str, rounds: list[Round], image: bytes) -> dict[str, Any]:
         "floor_over_agent_write": round(floor_w / write_s, 3),
         "floor_over_agent_read": round(floor_r / read_s, 3),
         "agent_over_every_block_floor": round(total_s / every_block, 3),
+        "excess_ms_per_block": round((total_s - floor_w - floor_r) * 1000
+                                     / len(blocks(image, every=True)), 3),
         "rounds_floor_over_agent": [round((floor_w + floor_r) / r.total_s, 3) for r in rounds],
     }
     print(f"{name}: {figures['blocks_sent']} of {len(blocks(image, every=True))} blocks sent; "
           f"write {write_s:.3f} s (floor {floor_w:.3f}), read {read_s:.3f} s "
           f"(floor {floor_r:.3f}); floor/agent {figures['floor_over_agent']} "
-          f"(rounds {figures['rounds_floor_over_agent']}); agent / floor of writing every "
-          f"block {figures['agent_over_every_block_floor']}")
+          f"(rounds {figures['rounds_floor_over_agent']}), {figures['excess_ms_per_block']} ms "
+          "over the floor per 2 KiB block; agent / floor of writing every block "
+          f"{figures['agent_over_every_block_floor']}")
     return figures
 
 

@@ -378,3 +378,12 @@ async def test_a_strapped_board_without_boot_lines(hub: SimUsbBus) -> None:
     assert await unit.read_unique_id() == device.board.chip.uid.hex()
     await unit.disconnect()
     unit.shutdown()
+
+
+async def test_the_real_path_without_a_device_is_probe_not_found() -> None:
+    """pyusb's own backend choice (libusb, if installed): no board here, so none is found."""
+    unit = Stm32DfuProgrammer(usb_path="1-1.1", policy=DfuPolicy(enumerate_timeout_s=0.1))
+    with pytest.raises(ProbeNotFound) as caught:
+        await unit.connect(F405)
+    assert caught.value.code is FailureCode.PROBE_NOT_FOUND
+    unit.shutdown()
