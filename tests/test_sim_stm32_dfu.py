@@ -148,6 +148,18 @@ def test_option_bytes_written_do_not_protect_before_a_reset() -> None:
     assert board.protected
 
 
+def test_option_bytes_back_to_level_0_mass_erase_first() -> None:
+    board = DfuBoard.blank()
+    board.chip.flash[:4] = b"\x12\x34\x56\x78"
+    board.chip.rdp = 0xBB
+    assert board.write_option_bytes(OPTION_BYTES, bytes([0xED, 0xAA]) + bytes(14))
+    board.reset()
+    assert not board.protected
+    assert board.chip.flash_bytes(FLASH, 4) == b"\xff" * 4  # the secret went with the lock
+    board.chip.rdp = 0xCC  # level 2 is for good
+    assert not board.write_option_bytes(OPTION_BYTES, bytes([0xED, 0xAA]) + bytes(14))
+
+
 def test_read_unprotect_mass_erases_and_unlocks(bus: SimUsbBus, board: SimDfuDevice) -> None:
     board.board.chip.flash[:4] = b"\x12\x34\x56\x78"
     board.board.chip.rdp = 0xBB

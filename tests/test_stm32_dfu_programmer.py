@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import pickle
 import threading
 from collections.abc import AsyncIterator
 
 import pytest
+import usb.core
+import usb.util
 from gpiozero.pins.mock import MockFactory
 
 from agent.errors import (
@@ -26,13 +29,17 @@ from agent.errors import (
     TargetLocked,
     WriteFailed,
 )
-from agent.hw.dfu import DfuPolicy
+from agent.hw import dfu_parts
+from agent.hw.dfu import DfuInterface, DfuPolicy
+from agent.hw.dfuse import DfuseCommands
 from agent.hw.programmer import ConnectOptions, Programmer, Region, ValidFlag
 from agent.hw.stm32_dfu import Stm32DfuProgrammer
+from agent.hw.stm32_flash import STM32F40X
 from agent.sim.stm32_dfu import BootLines, DfuBoard, DfuTiming, SimDfuDevice, SimUsbBus
 from agent.sim.stm32_dfu.protocol import Status
 
 FLASH = 0x0800_0000
+UID_ADDRESS = 0x1FFF_7A10
 F405 = ConnectOptions(target="stm32f405")
 QUICK = DfuPolicy(enumerate_timeout_s=0.5)
 
@@ -387,3 +394,33 @@ async def test_the_real_path_without_a_device_is_probe_not_found() -> None:
         await unit.connect(F405)
     assert caught.value.code is FailureCode.PROBE_NOT_FOUND
     unit.shutdown()
+
+
+def test_a_programmer_for_a_real_slot_pickles_before_it_connects() -> None:
+    """Plain settings only, so a worker process can be handed one (issue 10)."""
+    unit = Stm32DfuProgrammer(usb_path="1-1.2", boot0_pin=5, nreset_pin=6,
+                              reserved=[Region("calibration", FLASH + 0xC000, 256)])
+    copy = pickle.loads(pickle.dumps(unit))
+    assert isinstance(copy, Stm32DfuProgrammer)
+
+
+async def test_the_serial_string_is_the_chip_id_where_the_rom_keeps_the_uid_to_itself(
+    programmer: Stm32DfuProgrammer, sim: SimDfuDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dfu_parts, "DFU_PARTS", (dfu_parts.DfuPart(STM32F40X,
+                                                                   uid_over_dfu=False),))
+    await programmer.connect(F405)
+    assert await programmer.read_unique_id() == sim.board.serial.lower()
+    assert UID_ADDRESS not in kinds(sim, "set-address")
+
+
+async def test_mass_erase_through_the_dfuse_commands(hub: SimUsbBus) -> None:
+    sim = hub.attach(SimDfuDevice(port_numbers=(1, 8), board=DfuBoard.blank()))  # strapped
+    sim.board.chip.flash[0x2_0000:0x2_0004] = b"\x00" * 4
+    device = usb.core.find(backend=hub)
+    dfuse = DfuseCommands(DfuInterface(device, interface=0, abort=threading.Event(),
+                                       policy=QUICK), transfer_size=2048)
+    dfuse.mass_erase()
+    assert sim.board.chip.flash_bytes(FLASH + 0x2_0000, 4) == b"\xff" * 4
+    assert [op.kind for op in sim.history] == ["mass-erase"]
+    usb.util.dispose_resources(device)

@@ -61,7 +61,7 @@ class Stm32DfuProgrammer:
         self._session: DfuSession | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._boot: BootControl | None = None
-        self._abort = threading.Event()
+        self._abort: threading.Event | None = None  # made at connect: a lock does not pickle
         self._inflight: set[asyncio.Future[Any]] = set()
 
     async def connect(self, options: ConnectOptions) -> Connection:
@@ -108,10 +108,12 @@ class Stm32DfuProgrammer:
 
     async def disconnect(self) -> None:
         """Leave DFU mode (the new firmware starts), release the device, BOOT0 low."""
-        await self._release(start_application=not self._abort.is_set())
+        aborted = self._abort is not None and self._abort.is_set()
+        await self._release(start_application=not aborted)
 
     async def abort(self) -> None:
         """Fail the operation in flight now; the worker stops at its next transfer."""
+        self._abort = self._abort or threading.Event()
         self._abort.set()
         for future in list(self._inflight):
             future.cancel()
@@ -132,7 +134,7 @@ class Stm32DfuProgrammer:
 
     async def _run(self, name: str, call: Callable[[], _T]) -> _T:
         """Run ``call`` on the worker; after an abort it fails, whatever the call returned."""
-        abort = self._abort
+        abort = self._abort = self._abort or threading.Event()
         if abort.is_set():
             raise ProgrammerAborted(f"{name}: the programmer was aborted; connect again")
         try:

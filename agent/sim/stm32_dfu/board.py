@@ -29,6 +29,7 @@ ALT_NAMES = (
     "@Device Feature/0xFFFF0000/01*004 e",
 )
 FLASH_ALT, OPTION_BYTES_ALT, OTP_ALT, FEATURE_ALT = range(4)
+RDP_LEVEL2 = 0xCC  # irreversible: no debug, no way back
 
 
 @dataclass
@@ -83,9 +84,14 @@ class DfuBoard:
         return False
 
     def write_option_bytes(self, address: int, data: bytes) -> bool:
-        """Program the option bytes (loaded at the next reset); False for a wrong address/size."""
+        """Program the option bytes (loaded at the next reset); False for a wrong address/size
+        or a part at level 2, whose option bytes are frozen for good."""
         if address != OPTION_BYTES_BASE or len(data) != OPTION_BYTES_SIZE:
             return False
+        if self.chip.rdp == RDP_LEVEL2:
+            return False
+        if self.protected and data[1] == RDP_LEVEL0:
+            self.read_unprotect()  # RM0090: going back to level 0 mass-erases first
         self.pending_rdp = data[1]  # RM0090: RDP is the byte at 0x1FFFC001
         return True
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from agent.sim.stm32_dfu import timing
-from agent.sim.stm32_dfu.board import OPTION_BYTES_ALT, DfuBoard
+from agent.sim.stm32_dfu.board import OPTION_BYTES_ALT, RDP_LEVEL2, DfuBoard
 from agent.sim.stm32_dfu.faults import DfuFaults
 from agent.sim.stm32_dfu.protocol import Request, State, Status
 
@@ -208,6 +208,8 @@ class DfuseEngine:
             self.history.append(Operation("mass-erase"))
             return _Outcome(Status.OK, timing.MASS_ERASE_S)
         if command == READ_UNPROTECT and not argument:
+            if self.board.chip.rdp == RDP_LEVEL2:
+                return _Outcome(Status.ERR_VENDOR)
             self.board.read_unprotect()
             self.history.append(Operation("read-unprotect"))
             return _Outcome(Status.OK, timing.MASS_ERASE_S, then="reset")
