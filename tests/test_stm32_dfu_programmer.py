@@ -170,6 +170,16 @@ async def test_locked_part_is_recovered_when_allowed(
     assert not kinds(sim, "erase")
 
 
+async def test_a_part_that_resets_before_answering_still_gets_locked(
+    programmer: Stm32DfuProgrammer, sim: SimDfuDevice
+) -> None:
+    await programmer.connect(F405)
+    sim.faults.silent_resets = 1
+    await programmer.lock()  # the option bytes' GETSTATUS is lost with the reset
+    assert sim.board.protected
+    assert [op.kind for op in sim.history].count("option-bytes") == 1
+
+
 async def test_wrong_target_is_a_target_mismatch(programmer: Stm32DfuProgrammer) -> None:
     with pytest.raises(ProtocolError) as caught:
         await programmer.connect(ConnectOptions(target="nrf52840"))

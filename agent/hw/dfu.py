@@ -107,13 +107,19 @@ class DfuInterface:
     def download_then_reset(self, block: int, data: bytes, what: str) -> DeviceStatus | None:
         """DNLOAD a request after which the device resets (option bytes, read unprotect).
 
-        Only one GETSTATUS is asked: it starts the work and says how long it takes (None when
-        the device is already gone). The device then leaves the bus and cannot answer another.
+        Only one GETSTATUS is asked: it starts the work and says how long it takes. The device
+        then leaves the bus and cannot answer another; one already resetting may not answer this
+        one either (gone, stalled or silent, by host controller): None then. The caller confirms
+        the outcome after the part has come back.
         """
         self._out(DfuRequest.DNLOAD, block, data, what)
         try:
             status = self.get_status(what)
-        except ProbeLost:
+        except (ProbeLost, RequestStalled):
+            return None
+        except ProtocolError as error:
+            if error.code is not FailureCode.TIMEOUT:
+                raise
             return None
         if status.state == DfuState.DFU_ERROR:
             raise DfuStatusError(what, status.status)

@@ -142,6 +142,9 @@ class SimDfuDevice:
         except DeviceGone:
             self._attachment = None
             raise
+        if attachment.engine.event == "reset" and self.faults.take_silent_reset():
+            self._restart()  # reset before the answer is out: the host sees its status stage
+            raise Stall("reset before answering")  # fail (libusb: a pipe error here)
         busy = attachment.engine.busy and not busy_before
         self.timing.transfer(len(data or b"") + len(answer), settle=busy)
         if busy:

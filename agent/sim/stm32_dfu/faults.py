@@ -24,6 +24,8 @@ class DfuFaults:
     """Operation ("write", "erase", "set-address") -> DFU status its next occurrence ends with."""
     lost_writes: int = 0
     """Acknowledge this many of the next data blocks without storing them."""
+    silent_resets: int = 0
+    """Reset this many of the next times before answering the GETSTATUS that starts a reset."""
     hang: threading.Event | None = None
     """Hold the next request until this event is set; ``hanging`` is set while it is held."""
     hanging: threading.Event = field(default_factory=threading.Event)
@@ -57,6 +59,13 @@ class DfuFaults:
     def take_status_error(self, operation: str) -> int | None:
         """The error status this operation is to end with, if one is pending (consumed)."""
         return self.status_errors.pop(operation, None)
+
+    def take_silent_reset(self) -> bool:
+        """True (and consumed) when the part is to reset without answering."""
+        if self.silent_resets > 0:
+            self.silent_resets -= 1
+            return True
+        return False
 
     def take_lost_write(self) -> bool:
         """True (and consumed) when this block is to be acknowledged but not stored."""
