@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import usb.core
 import usb.util
@@ -36,10 +36,11 @@ from agent.hw.dfu_device import (
 )
 from agent.hw.dfu_parts import FLASH_ALT, DfuPart, identify
 from agent.hw.dfu_status import DfuStatus, DfuStatusError, placed
-from agent.hw.dfuse import DfuseCommands, parse_layout
+from agent.hw.dfuse import DfuseCommands, MemoryLayout, parse_layout
 from agent.hw.programmer import Connection, ConnectOptions, Region, ValidFlag
 from agent.hw.stm32_flash import FlashLedger
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 _ERASED = b"\xff" * 0x10000
 
@@ -252,7 +253,7 @@ class DfuSession:
         self._attach(wait_for_device(self.selector, self.backend, abort=self.abort,
                                      timeout_s=timeout, unlike=old))
 
-    def _flash_layout(self) -> Any:
+    def _flash_layout(self) -> MemoryLayout:
         return parse_layout(self._describe().alternate(FLASH_ALT).name,
                             where=f"alt setting {FLASH_ALT!r}")
 
@@ -263,21 +264,21 @@ class DfuSession:
             raise ProtocolError(str(error), region=region.name, address=region.address) from None
 
     def _require_part(self) -> DfuPart:
-        if self._part is None or self._dfuse is None:
-            raise ProtocolError("not connected to the DFU bootloader")
-        return self._part
+        self._commands()
+        return _attached(self._part)
 
     def _describe(self) -> DfuDescription:
-        if self._description is None:
-            raise ProtocolError("not connected to the DFU bootloader")
-        return self._description
+        return _attached(self._description)
 
     def _interface(self) -> DfuInterface:
-        if self._dfu is None:
-            raise ProtocolError("not connected to the DFU bootloader")
-        return self._dfu
+        return _attached(self._dfu)
 
     def _commands(self) -> DfuseCommands:
-        if self._dfuse is None:
-            raise ProtocolError("not connected to the DFU bootloader")
-        return self._dfuse
+        return _attached(self._dfuse)
+
+
+def _attached(value: _T | None) -> _T:
+    """``value``, which exists only while a device is attached."""
+    if value is None:
+        raise ProtocolError("not connected to the DFU bootloader")
+    return value
