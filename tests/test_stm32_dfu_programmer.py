@@ -36,7 +36,7 @@ from agent.hw.programmer import ConnectOptions, Programmer, Region, ValidFlag
 from agent.hw.stm32_dfu import Stm32DfuProgrammer
 from agent.hw.stm32_flash import STM32F40X
 from agent.sim.stm32_dfu import BootLines, DfuBoard, DfuTiming, SimDfuDevice, SimUsbBus
-from agent.sim.stm32_dfu.protocol import Status
+from agent.sim.stm32_dfu.protocol import State, Status
 
 FLASH = 0x0800_0000
 UID_ADDRESS = 0x1FFF_7A10
@@ -244,7 +244,10 @@ async def test_an_error_status_fails_the_step_with_its_code_region_and_address(
     assert caught.value.region == "application"
     assert caught.value.address == FLASH + 0x4000
     assert f"(err{status.name[4:]})" in str(caught.value)
-    await programmer.write(region, b"\x00" * region.size)  # the device was left usable
+    attached = sim.attachment()
+    assert attached is not None
+    assert attached.engine.state == State.DFU_IDLE  # the error was cleared once reported
+    await programmer.write(region, b"\x00" * region.size)
 
 
 async def test_one_stall_is_cleared_and_the_block_sent_again(

@@ -12,6 +12,7 @@ so an aborted unit stops within one transfer.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import threading
 import time
@@ -166,7 +167,7 @@ class DfuInterface:
             self._sleep(wait_ms / 1000, what)
             status = self._poll(what, previous=status)
         if status.state == DfuState.DFU_ERROR:
-            raise DfuStatusError(what, status.status)
+            raise self._reported(what, status)
         if status.state != expect:
             raise ProtocolError(f"{what}: expected {expect.name}, the device is in {status}")
         return status
@@ -205,12 +206,22 @@ class DfuInterface:
         """Learn why the device stalled; clear a transient stall, give up on anything else."""
         status = self.get_status(what)
         if status.status not in (DfuStatus.OK, DfuStatus.ERR_STALLEDPKT):
-            raise DfuStatusError(what, status.status)
+            raise self._reported(what, status)
         if last_try:
             raise DfuStatusError(f"{what} (stalled {self.policy.stall_retries + 1} times)",
                                  DfuStatus.ERR_STALLEDPKT)
         if status.state == DfuState.DFU_ERROR:
             self.clear_status(what)
+
+    def _reported(self, what: str, status: DeviceStatus) -> DfuStatusError:
+        """The error ``status`` reports, with the device cleared of it (best effort).
+
+        Left in dfuERROR, the device would stall the next request and report this same status
+        against it (ST's devices do not replace it with errSTALLEDPKT).
+        """
+        with contextlib.suppress(ProgrammerError):  # else the next operation recovers or fails
+            self.clear_status(f"{what}: clear the error")
+        return DfuStatusError(what, status.status)
 
     def _check_abort(self, what: str) -> None:
         if self._abort.is_set():
