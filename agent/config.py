@@ -128,7 +128,31 @@ class UartSlot(Section):
     nreset_pin: BcmPin | None = None
 
 
-SlotConfig = Annotated[SimFlashSlot | PyOcdSlot | UartSlot, Field(discriminator="backend")]
+UsbId = Annotated[int, Field(ge=0, le=0xFFFF)]
+UsbPortPath = Annotated[str, Field(pattern=r"^[0-9]{1,3}-[0-9]{1,3}(\.[0-9]{1,3}){0,6}$")]
+
+
+class DfuSlot(Section):
+    """A slot programmed through a USB-DFU bootloader (DFU 1.1 with ST's DfuSe extensions).
+
+    ``usb_path`` (the hub port, ``1-1.3`` as dfu-util's ``--path``) tells boards on one hub
+    apart; ST's ROM bootloader derives its serial string from each chip's UID, so ``serial``
+    suits only a device that keeps its own.
+    """
+
+    backend: Literal["usb-dfu"]
+    name: SlotName
+    vid: UsbId = 0x0483
+    pid: UsbId = 0xDF11
+    serial: Annotated[str, Field(min_length=1, max_length=126)] | None = None
+    usb_path: UsbPortPath | None = None
+    boot0_pin: BcmPin | None = None
+    nreset_pin: BcmPin | None = None
+
+
+SlotConfig = Annotated[
+    SimFlashSlot | PyOcdSlot | UartSlot | DfuSlot, Field(discriminator="backend")
+]
 
 
 DEFAULT_STATE_DIR = Path("/var/lib/fixture-agent")
@@ -197,11 +221,29 @@ class StationConfig(Section):
             raise ValueError(f"slot names repeat: {names}")
         pins = set(self.fixture.pins.model_dump().values())
         for slot in self.slots:
-            if isinstance(slot, UartSlot):
+            if isinstance(slot, UartSlot | DfuSlot):
                 for label, pin in (("boot0_pin", slot.boot0_pin), ("nreset_pin", slot.nreset_pin)):
                     if pin is not None and pin in pins:
                         raise ValueError(f"slot {slot.name} {label} {pin} is a fixture pin")
+        _dfu_slots_apart([slot for slot in self.slots if isinstance(slot, DfuSlot)])
         return self
+
+
+def _dfu_slots_apart(slots: list[DfuSlot]) -> None:
+    """Two usb-dfu slots must not be able to pick the same device."""
+    for index, slot in enumerate(slots):
+        for other in slots[index + 1 :]:
+            if (slot.vid, slot.pid) != (other.vid, other.pid):
+                continue
+            paths = slot.usb_path, other.usb_path
+            serials = slot.serial, other.serial
+            apart_by_path = None not in paths and paths[0] != paths[1]
+            apart_by_serial = None not in serials and serials[0] != serials[1]
+            if not (apart_by_path or apart_by_serial):
+                raise ValueError(
+                    f"usb-dfu slots {slot.name} and {other.name} could pick the same "
+                    f"{slot.vid:04x}:{slot.pid:04x} device: give each its own usb_path "
+                    "(the hub port) or serial")
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path, state_dir: Path) -> None:

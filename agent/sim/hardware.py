@@ -3,8 +3,9 @@
 The fixture is the real :class:`~agent.hw.fixture.GpioFixture` on MockFactory pins. Slots get a
 simulated board behind their configured backend: ``sim-flash`` an in-memory target, ``pyocd`` a
 virtual nRF52840 behind the ``sim`` pyOCD probe plugin, ``stm32-uart`` an AN3155 bootloader
-simulator serving the slot's port path on a pty. The programmers of pyocd and uart slots are the
-real backends: only what sits behind the probe or the serial port is simulated.
+simulator serving the slot's port path on a pty, ``usb-dfu`` a DfuSe bootloader on a simulated USB
+bus that the programmer reaches as its pyusb backend. The programmers of pyocd, uart and usb-dfu
+slots are the real backends: only what sits behind the probe, the port or the bus is simulated.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import PyOcdSlot, SimFlashSlot, StationConfig, UartSlot
+from agent.config import DfuSlot, PyOcdSlot, SimFlashSlot, StationConfig, UartSlot
 from agent.hw.fixture import GpioFixture
 from agent.hw.programmer import Programmer
 from agent.sim.fixture import SimBay, SimulatedOperator, mock_pin_factory
@@ -30,6 +31,7 @@ class SimulatedFixture:
     operator: SimulatedOperator
     bays: dict[str, SimBay]
     closers: list[Callable[[], Any]] = field(default_factory=list)
+    usb_bus: Any = None  # the simulated USB bus of the usb-dfu slots, if any
 
     async def close(self) -> None:
         """Stop simulators that serve ports."""
@@ -58,6 +60,7 @@ async def build_simulated_hardware(
     programmers: dict[str, Programmer] = {}
     bays: dict[str, SimBay] = {}
     closers: list[Callable[[], Any]] = []
+    usb_bus = None
     for slot in config.slots:
         if isinstance(slot, SimFlashSlot):
             bay = SimFlashBay(flash_size=slot.flash_size, page_size=slot.page_size, powered=powered)
@@ -75,9 +78,19 @@ async def build_simulated_hardware(
             closers.append(uart_bay.stop)
             bays[slot.name] = uart_bay
             programmers[slot.name] = build_programmer(slot, pin_factory=factory)
+        elif isinstance(slot, DfuSlot):
+            from agent.sim.stm32_dfu import SimUsbBus
+            from agent.sim.stm32_dfu.bay import DfuBay
+
+            usb_bus = usb_bus or SimUsbBus()
+            bays[slot.name] = DfuBay.for_slot(slot, bus=usb_bus, factory=factory,
+                                              powered=powered, simulation=config.simulation)
+            programmers[slot.name] = build_programmer(slot, pin_factory=factory,
+                                                      usb_backend=usb_bus)
     operator = SimulatedOperator(factory=factory, pins=pins, bays=list(bays.values()))
     return (
         fixture,
         programmers,
-        SimulatedFixture(factory=factory, operator=operator, bays=bays, closers=closers),
+        SimulatedFixture(factory=factory, operator=operator, bays=bays, closers=closers,
+                         usb_bus=usb_bus),
     )

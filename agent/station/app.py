@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from agent.config import PyOcdSlot, StationConfig, UartSlot
+from agent.config import DfuSlot, PyOcdSlot, StationConfig, UartSlot
 from agent.errors import FailureCode, HardwareUnavailable
 from agent.firmware.antirollback import AntiRollbackStore
 from agent.firmware.fetch import FetchPolicy
@@ -52,12 +52,20 @@ class Hardware:
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
 
-def build_programmer(slot: PyOcdSlot | UartSlot, *, pin_factory: Any) -> Programmer:
-    """The real backend for a slot."""
+def build_programmer(slot: PyOcdSlot | UartSlot | DfuSlot, *, pin_factory: Any,
+                     usb_backend: Any = None) -> Programmer:
+    """The real backend for a slot; ``usb_backend`` is pyusb's (None: libusb)."""
     if isinstance(slot, PyOcdSlot):
         from agent.hw.pyocd_programmer import PyOcdProgrammer
 
         return PyOcdProgrammer(probe_id=slot.probe, frequency_hz=slot.frequency_hz)
+    if isinstance(slot, DfuSlot):
+        from agent.hw.stm32_dfu import Stm32DfuProgrammer
+
+        return Stm32DfuProgrammer(vid=slot.vid, pid=slot.pid, serial=slot.serial,
+                                  usb_path=slot.usb_path, boot0_pin=slot.boot0_pin,
+                                  nreset_pin=slot.nreset_pin, pin_factory=pin_factory,
+                                  usb_backend=usb_backend)
     from agent.hw.boot_control import BootControl
     from agent.hw.stm32_uart import Stm32UartProgrammer
 
@@ -90,7 +98,7 @@ async def build_hardware(config: StationConfig) -> Hardware:
     fixture = _gpio_fixture(config)
     programmers: dict[str, Programmer] = {}
     for slot in config.slots:
-        if not isinstance(slot, PyOcdSlot | UartSlot):
+        if not isinstance(slot, PyOcdSlot | UartSlot | DfuSlot):
             raise TypeError(f"slot {slot.name}: backend {slot.backend} needs fixture.backend "
                              "= 'sim'")
         programmers[slot.name] = build_programmer(slot, pin_factory=None)

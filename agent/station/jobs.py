@@ -70,6 +70,9 @@ class JobBook:
         self._station_id = station_id
         self.current: JobView | None = None
         self.changed = asyncio.Event()
+        # The slots of a panel ask for serials at the same moment; each must see the count the
+        # previous one left, not the view from before its transaction committed.
+        self._serials = asyncio.Lock()
 
     async def load(self) -> None:
         """Restore the current job after a restart."""
@@ -119,6 +122,12 @@ class JobBook:
         The serial is consumed durably before anything unit-specific is written to the board, so
         a serial is never issued twice, even across a crash.
         """
+        async with self._serials:
+            return await self._take_serial(slot=slot, chip_uid=chip_uid,
+                                           manifest_digest=manifest_digest)
+
+    async def _take_serial(self, *, slot: str, chip_uid: str | None,
+                           manifest_digest: str) -> str | None:
         view = self.current
         if view is None or not view.runnable:
             return None
