@@ -32,7 +32,7 @@ from agent.sim.nrf52840 import (
     read_board_memory,
     set_board_dir,
 )
-from agent.sim.nrf52840.settings import set_power_source
+from agent.sim.nrf52840.power import switch_power
 
 UID = "t1"
 NRF = ConnectOptions(target="nrf52840")
@@ -95,7 +95,7 @@ async def test_multi_image_program_and_verify(boards: Path, programmer: PyOcdPro
     parts = images()
     uid, connection = await program_unit(programmer, parts)
     assert uid == "0123456789abcdef"
-    assert connection == Connection(recovered_locked_part=False)
+    assert connection == Connection(recovered_locked_part=False, uid_bytes=8)
     for region, data in parts:
         assert read_board_memory(boards, UID, region.address, region.size) == data
     assert word(boards, FLAG.address) == FLAG.value
@@ -147,15 +147,11 @@ async def test_abort_fails_the_operation_in_flight(
 
 async def test_dut_power_cut_fails_the_unit(boards: Path, programmer: PyOcdProgrammer) -> None:
     place_new_board(boards, UID)
-    power = {"on": True}
-    set_power_source(UID, lambda: power["on"])
-    try:
-        await programmer.connect(NRF)
-        power["on"] = False
-        with pytest.raises(ProbeLost):
-            await programmer.read(Region("head", 0, 16))
-    finally:
-        set_power_source(UID, None)
+    switch_power(boards, UID, True)
+    await programmer.connect(NRF)
+    switch_power(boards, UID, False)
+    with pytest.raises(ProbeLost):
+        await programmer.read(Region("head", 0, 16))
 
 
 async def test_locked_part_is_refused_and_left_intact(

@@ -59,9 +59,14 @@ class ConnectOptions:
 
 @dataclass(frozen=True, slots=True)
 class Connection:
-    """What happened while connecting, for the unit record."""
+    """What happened while connecting, for the unit record, and what to expect of the part.
+
+    ``uid_bytes`` is the length of the part's factory unique id (nRF52 DEVICEID 8, STM32 UID
+    12); the cycle refuses an id of another length, or all 0x00 or 0xFF, before taking a serial.
+    """
 
     recovered_locked_part: bool = False
+    uid_bytes: int | None = None
 
 
 @runtime_checkable
@@ -87,7 +92,11 @@ class Programmer(Protocol):
         """Write the valid marker; called only after every region verified."""
 
     async def lock(self) -> None:
-        """Irreversibly protect the part (readout protection / APPROTECT); last step only."""
+        """Irreversibly protect the part (readout protection / APPROTECT); last step only.
+
+        Returns only once the part, after a reset, reports itself locked; otherwise it raises
+        with ``FailureCode.LOCK_FAILED``.
+        """
 
     async def disconnect(self) -> None:
         """Close the link; safe to call when not connected."""

@@ -58,6 +58,7 @@ UICR_BASE, UICR_SPAN = 0x10001000, 0x400  # the UICR words pyOCD maps as a flash
 UICR_CUSTOMER = range(0x10001080, 0x10001100)
 UICR_APPROTECT = 0x10001208
 APPROTECT_ENABLED = 0x00000000
+CTRL_AP_RESET = 0x000  # nRF CTRL-AP: write 1 then 0 for a system reset
 ERASED = 0xFFFFFFFF
 
 
@@ -111,7 +112,10 @@ class _Link:
                 raise TargetLocked("part still locked after CTRL-AP ERASEALL")
             recovered = True
         self._check_part()
-        return Connection(recovered_locked_part=recovered)
+        # A known start for the flash algorithm: a part fresh from a mass erase, or blank, runs
+        # from an empty vector table into lockup; not every core leaves lockup on a halt request.
+        self.session.target.reset_and_halt()
+        return Connection(recovered_locked_part=recovered, uid_bytes=8)
 
     def _try_open(self) -> bool:
         """Open the session; False when the part is locked (session left open for recovery)."""
@@ -193,10 +197,16 @@ class _Link:
         return f"{high:08x}{low:08x}"
 
     def program(self, address: int, data: bytes) -> None:
-        """Smart flash (pages whose CRC already matches are skipped) through pyOCD's loader."""
+        """Smart flash through pyOCD's loader: pages whose on-target CRC32 matches are skipped.
+
+        ``trust_crc``: a page whose CRC matches is not read back here to confirm it, because the
+        unit's verify stage reads and hashes every byte of the region anyway; reading it twice
+        made a re-flash cost half again. A CRC collision (2^-32) leaves a page unwritten and shows
+        as a read-back mismatch, never as a pass.
+        """
         from pyocd.flash.loader import MemoryLoader
 
-        loader = MemoryLoader(self.session, smart_flash=True, keep_unwritten=True)
+        loader = MemoryLoader(self.session, smart_flash=True, trust_crc=True, keep_unwritten=True)
         loader.add_data(address, data)
         loader.commit()
 
@@ -238,6 +248,29 @@ class _Link:
             if self.read32(NVMC_READY) & 1:
                 return
         raise ProgrammerError("NVMC stays busy", code=FailureCode.TIMEOUT)
+
+    def lock_and_prove(self) -> None:
+        """UICR.APPROTECT = Enabled, reset the part, and confirm it now refuses the debugger.
+
+        APPROTECT takes effect at the part's next reset, so a word that reads back as written
+        proves nothing. The reset goes through the nRF CTRL-AP (it works with the AHB-AP locked
+        and needs no nRESET pin, which an nRF52840 only has once UICR.PSELRESET says so).
+        """
+        self.write_word_checked(UICR_APPROTECT, APPROTECT_ENABLED, FailureCode.LOCK_FAILED)
+        target = self.target
+        ctrl_ap = getattr(target, "ctrl_ap", None)
+        if ctrl_ap is None:
+            raise ProgrammerError(f"no way to prove a lock on {self.target_name}",
+                                  code=FailureCode.LOCK_FAILED)
+        ctrl_ap.write_reg(CTRL_AP_RESET, 1)
+        ctrl_ap.write_reg(CTRL_AP_RESET, 0)
+        self.close()
+        locked = not self._try_open()
+        self.close()
+        if not locked:
+            raise ProgrammerError("APPROTECT is written but the part still answers the debugger "
+                                  "after a reset: not locked", address=UICR_APPROTECT,
+                                  code=FailureCode.LOCK_FAILED)
 
     def write_word_checked(self, address: int, value: int, code: FailureCode) -> None:
         """Write a word that must read back as ``value`` (valid flag, APPROTECT)."""
@@ -285,7 +318,7 @@ class PyOcdProgrammer:
         if generation != self._abort_generation:
             raise ProgrammerAborted(f"{what}: aborted")
         try:
-            return call()
+            result = call()
         except ProgrammerError:
             if generation != self._abort_generation:
                 raise ProgrammerAborted(f"{what}: aborted") from None
@@ -298,6 +331,12 @@ class PyOcdProgrammer:
                 self._link.close()  # the next unit starts from a fresh session
                 raise ProbeLost(f"{what}: {error}", **where) from error
             raise failure(f"{what}: {error}", **where) from error
+        if generation != self._abort_generation:
+            # Aborted while it ran, yet the probe let it finish (a close that does not cut the
+            # transfer in flight): what it did happened after the abort and counts for nothing.
+            self._link.close()
+            raise ProgrammerAborted(f"{what}: aborted while it ran", **where)
+        return result
 
     async def connect(self, options: ConnectOptions) -> Connection:
         """Open the probe (ProbeNotFound at once if absent) and connect to the target."""
@@ -344,14 +383,11 @@ class PyOcdProgrammer:
         await self._run("valid flag", WriteFailed, call, address=flag.address)
 
     async def lock(self) -> None:
-        """UICR.APPROTECT = Enabled; in force from the part's next reset."""
-        call = functools.partial(
-            self._link.write_word_checked,
-            UICR_APPROTECT,
-            APPROTECT_ENABLED,
-            FailureCode.LOCK_FAILED,
-        )
-        await self._run("lock", WriteFailed, call, address=UICR_APPROTECT)
+        """UICR.APPROTECT = Enabled, proven: reset, reconnect, the part must refuse the debugger.
+
+        Returns only once the part is locked; the session is closed afterwards.
+        """
+        await self._run("lock", WriteFailed, self._link.lock_and_prove, address=UICR_APPROTECT)
 
     async def disconnect(self) -> None:
         """Close the session; safe when not connected."""

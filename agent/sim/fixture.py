@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from gpiozero.pins.mock import MockFactory
+from gpiozero.pins.mock import MockFactory, MockPin
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,31 @@ POLL_S = 0.005
 def mock_pin_factory() -> Any:
     """A fresh, private MockFactory (never installed as gpiozero's global factory)."""
     return MockFactory()
+
+
+class RelayPin(MockPin):  # type: ignore[misc]
+    """A mock output pin that tells listeners when its relay switches (the DUT power relay).
+
+    Simulated boards that live outside the station's process (files another process maps) learn
+    about power this way; gpiozero drives the pin exactly as it drives a real one.
+    """
+
+    def __init__(self, factory: Any, info: Any) -> None:
+        super().__init__(factory, info)
+        self.listeners: list[Callable[[bool], None]] = []
+
+    def _change_state(self, value: bool) -> bool:
+        changed = bool(super()._change_state(value))
+        if changed:
+            for listener in self.listeners:
+                listener(value)
+        return changed
+
+
+def relay_pin(factory: Any, number: int) -> RelayPin:
+    """Claim ``number`` as a relay pin (before any device opens it)."""
+    pin: RelayPin = factory.pin(number, pin_class=RelayPin)
+    return pin
 
 
 class SimBay(Protocol):

@@ -17,7 +17,7 @@ from typing import Any
 from agent.config import DfuSlot, PyOcdSlot, SimFlashSlot, StationConfig, UartSlot
 from agent.hw.fixture import GpioFixture
 from agent.hw.programmer import Programmer
-from agent.sim.fixture import SimBay, SimulatedOperator, mock_pin_factory
+from agent.sim.fixture import SimBay, SimulatedOperator, mock_pin_factory, relay_pin
 from agent.sim.flash_target import SimFlashBay, SimFlashProgrammer
 
 BuildProgrammer = Callable[..., Programmer]
@@ -47,6 +47,7 @@ async def build_simulated_hardware(
     """The fixture, the slots' programmers and the simulated devices behind them."""
     factory = mock_pin_factory()
     pins = config.fixture.pins
+    relay = relay_pin(factory, pins.dut_power)
     fixture = GpioFixture(
         pins=pins,
         pin_factory=factory,
@@ -69,7 +70,10 @@ async def build_simulated_hardware(
         elif isinstance(slot, PyOcdSlot):
             from agent.sim.nrf52840.bay import Nrf52840Bay
 
-            bays[slot.name] = Nrf52840Bay.for_slot(slot, config.simulation, powered=powered)
+            nrf_bay = Nrf52840Bay.for_slot(slot, config.simulation)
+            nrf_bay.switch_power(bool(relay.state))
+            relay.listeners.append(nrf_bay.switch_power)
+            bays[slot.name] = nrf_bay
             programmers[slot.name] = build_programmer(slot, pin_factory=factory)
         elif isinstance(slot, UartSlot):
             from agent.sim.stm32_bootloader.bay import Stm32Bay

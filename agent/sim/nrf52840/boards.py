@@ -56,6 +56,12 @@ class BoardSpec:
     stuck_words: tuple[int, ...] = ()  # flash/UICR word addresses that ignore writes
     slow: bool = False  # page erase at the 85 ms maximum instead of the ~21 ms typical
     timing: bool | None = None  # per-board timing model; None: the process-wide setting
+    # A core whose lockup only a reset ends (a halt request is ignored meanwhile): stricter than
+    # ARMv7-M requires, as some parts and other simulators behave.
+    lockup_needs_reset: bool = False
+    # UICR.APPROTECT reads back as written but the part stays open after reset (a part that does
+    # not lock the way the firmware set assumes).
+    lock_ignored: bool = False
 
 
 @dataclass
@@ -64,6 +70,7 @@ class ProbeState:
 
     board: str | None = None
     disconnect_after: int | None = None  # transfers before the link drops (fires once)
+    close_ignored: bool = False  # close() from another thread does not stop a running transfer
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,11 +111,13 @@ def read_probe_state(root: Path, probe_uid: str) -> ProbeState:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
         raise BoardError(f"no simulated probe {probe_uid!r} in {root}") from None
-    return ProbeState(board=raw.get("board"), disconnect_after=raw.get("disconnect_after"))
+    return ProbeState(board=raw.get("board"), disconnect_after=raw.get("disconnect_after"),
+                      close_ignored=bool(raw.get("close_ignored", False)))
 
 
 def _write_probe_state(root: Path, probe_uid: str, state: ProbeState) -> None:
-    data = {"board": state.board, "disconnect_after": state.disconnect_after}
+    data = {"board": state.board, "disconnect_after": state.disconnect_after,
+            "close_ignored": state.close_ignored}
     _write_json(probe_path(root, probe_uid) / "probe.json", data)
 
 
@@ -128,6 +137,8 @@ def read_spec(board: Path) -> BoardSpec:
         stuck_words=tuple(int(a) for a in raw.get("stuck_words", ())),
         slow=bool(raw.get("slow", False)),
         timing=raw.get("timing"),
+        lockup_needs_reset=bool(raw.get("lockup_needs_reset", False)),
+        lock_ignored=bool(raw.get("lock_ignored", False)),
     )
 
 
@@ -211,6 +222,15 @@ def inject_disconnect(board_dir: Path, probe_uid: str, after_transfers: int | No
     with _flocked(probe / "meta.lock"):
         state = read_probe_state(board_dir, probe_uid)
         state.disconnect_after = after_transfers
+        _write_probe_state(board_dir, probe_uid, state)
+
+
+def set_close_ignored(board_dir: Path, probe_uid: str, ignored: bool = True) -> None:
+    """Make the probe's close() leave a transfer in flight running (a probe that cannot be cut)."""
+    probe = probe_path(board_dir, probe_uid)
+    with _flocked(probe / "meta.lock"):
+        state = read_probe_state(board_dir, probe_uid)
+        state.close_ignored = ignored
         _write_probe_state(board_dir, probe_uid, state)
 
 

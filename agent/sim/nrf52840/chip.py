@@ -72,7 +72,11 @@ class Chip:
         self.peripherals: dict[int, int] = {}
         self._pending: list[tuple[int, bytes]] = []
         self._hit_bkpt = False
-        self.debug_locked = self.approtect_enabled  # sampled at power-on and at every reset
+        self.spec = spec
+        self.flash_bytes_read = 0  # by the debugger, this session (board statistics)
+        # Latched from UICR.APPROTECT at power-on and at every reset, never in between: a
+        # session that opens while the part stays powered finds the latch as it was left.
+        self.debug_locked = False
         self._views = [ctypes.c_char.from_buffer(flash), ctypes.c_char.from_buffer(uicr)]
         self.uc: Any = UC.Uc(UC.UC_ARCH_ARM, UC.UC_MODE_THUMB | UC.UC_MODE_MCLASS)
         self.uc.mem_map_ptr(0, FLASH_SIZE, UC.UC_PROT_ALL, ctypes.addressof(self._views[0]))
@@ -105,7 +109,11 @@ class Chip:
     def approtect_enabled(self) -> bool:
         """UICR.APPROTECT as the part samples it at reset (pre-hardened silicon rule)."""
         value = self.arrays.uicr[APPROTECT_OFFSET]
-        return value != 0xFF
+        return value != 0xFF and not self.spec.lock_ignored
+
+    def erase_ram(self) -> None:
+        """ERASEALL clears RAM as well as flash and UICR."""
+        self.uc.mem_write(RAM_BASE, bytes(RAM_SIZE))
 
     def reset(self) -> None:
         """System reset of the peripherals (RAM keeps its contents, as on the part)."""
@@ -121,6 +129,7 @@ class Chip:
         located = self.arrays.locate(address)
         if located is not None and self.arrays.locate(address + size - 1) is not None:
             array, offset = located
+            self.flash_bytes_read += size
             return array[offset : offset + size]
         if PERIPH_BASE <= address < PERIPH_BASE + PERIPH_SIZE:
             return b"".join(

@@ -5,6 +5,11 @@ catch) sets C_HALT as well as S_HALT, because pyOCD's ``step()`` polls C_HALT wi
 A resume with the PC in RAM runs the flash algorithm on the emulated CPU to its BKPT; with the
 timing model on, the core reports "running" until the flash work that run did would be finished.
 A resume anywhere else means firmware would run: it is not emulated, the core just runs.
+
+An erased part has no firmware: from reset it fetches its vectors (0xFFFFFFFF) and locks up, and
+the same happens to a running core whose flash an erase-all removes. A debugger's halt request
+ends lockup (ARMv7-M), unless the board carries the ``lockup_needs_reset`` fault; a reset always
+does.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import time
 
 from agent.sim.nrf52840.chip import RAM_BASE, RAM_SIZE, Chip
 from agent.sim.nrf52840.components import identification_registers
+from agent.sim.nrf52840.power import CoreMode
 from agent.sim.nrf52840.timing import TimingModel
 
 DHCSR, DCRSR, DCRDR, DEMCR = 0xE000EDF0, 0xE000EDF4, 0xE000EDF8, 0xE000EDFC
@@ -57,6 +63,29 @@ class CoreDebug:
         self.dcrdr = 0
         self.fpb_enabled = False
 
+    # --- state between sessions ----------------------------------------------------------------
+
+    @property
+    def mode(self) -> CoreMode:
+        """Halted, locked up, or running (what a session leaves behind)."""
+        if self.halted:
+            return "halted"
+        return "lockup" if self.lockup else "running"
+
+    def resume_mode(self, mode: CoreMode) -> None:
+        """Continue as a previous session left the core (registers: from the vector table)."""
+        self._load_vectors()
+        if mode == "halted":
+            self._halt(DFSR_HALTED)
+        else:
+            self._run_free()
+            self.lockup = mode == "lockup"
+
+    def firmware_vanished(self) -> None:
+        """An erase-all removed the code a running core executes: it faults and locks up."""
+        if not self.halted:
+            self.lockup = True
+
     # --- halting -------------------------------------------------------------------------------
 
     @property
@@ -87,6 +116,17 @@ class CoreDebug:
     def system_reset(self) -> None:
         """Reset the system: peripherals, core registers from the vector table, vector catch."""
         self.chip.reset()
+        erased = self._load_vectors()
+        self.sticky |= S_RESET_ST
+        self.lockup = False
+        if self.ppb.get(DEMCR, 0) & VC_CORERESET:
+            self._halt(DFSR_VCATCH)
+        else:
+            self._run_free()
+            self.lockup = erased  # no firmware: the vector fetch faults, the core locks up
+
+    def _load_vectors(self) -> bool:
+        """Core registers as a reset leaves them; True when the reset vector is erased."""
         vectors = self.chip.read(0, 8)
         self.registers = {
             13: int.from_bytes(vectors[:4], "little"),
@@ -95,12 +135,7 @@ class CoreDebug:
             15: int.from_bytes(vectors[4:], "little") & ~1,
             16: 0x01000000,
         }
-        self.sticky |= S_RESET_ST
-        self.lockup = False
-        if self.ppb.get(DEMCR, 0) & VC_CORERESET:
-            self._halt(DFSR_VCATCH)
-        else:
-            self._run_free()
+        return vectors[4:] == b"\xff\xff\xff\xff"
 
     # --- register access -----------------------------------------------------------------------
 
@@ -157,7 +192,10 @@ class CoreDebug:
         if not value & C_DEBUGEN:
             self._run_free()
         elif value & C_HALT:
+            if self.lockup and self.chip.spec.lockup_needs_reset:
+                return  # this core leaves lockup only through a reset
             if not was_halted:
+                self.lockup = False  # entering debug state ends lockup
                 self._halt(DFSR_HALTED)
         elif was_halted:
             self._resume(step=bool(value & C_STEP))

@@ -170,7 +170,9 @@ class CtrlAp:
             self.eraseall = value & 1
             if value & 1:
                 self.chip.arrays.erase_all()
+                self.chip.erase_ram()
                 self.chip.debug_locked = False
+                self.core.firmware_vanished()
                 self._erase_done_at = self.timing.busy_until(ERASE_ALL_S)
         elif register == CTRL_RESET:
             if self.reset_held and not value & 1:

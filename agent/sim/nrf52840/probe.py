@@ -1,10 +1,14 @@
 """The simulated debug probe pyOCD drives: ``sim:<uid>``, one per probe folder of the board dir.
 
-Opening the probe takes the probe's lock file (one session at a time, across processes), maps the
-current board's flash and UICR and powers up a fresh chip (RAM, CPU, peripherals). Every DP/AP
-call is one SWD transfer for the fault injector ("disconnect after N transfers") and the timing
-model. ``close()`` may be called from another thread while a transfer runs (that is how a session
-is aborted): it cuts the link first, then frees the board once the running transfer is over.
+Opening the probe takes the probe's lock file (one session at a time, across processes) and maps
+the current board's flash and UICR. The part itself lives as long as its slot stays powered
+(:mod:`agent.sim.nrf52840.power`): a session in the same power-on continues where the last one
+left it (APPROTECT latch, core state); after a power cycle the part starts from its reset, which
+is when UICR.APPROTECT takes effect. Every DP/AP call is one SWD transfer for the fault injector
+("disconnect after N transfers") and the timing model. ``close()`` may be called from another
+thread while a transfer runs (that is how a session is aborted): it cuts the link first, then
+frees the board once the running transfer is over; a probe with the ``close_ignored`` fault leaves
+the session running instead.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ from agent.sim.nrf52840 import boards, settings
 from agent.sim.nrf52840.chip import Chip
 from agent.sim.nrf52840.core import CoreDebug
 from agent.sim.nrf52840.dap import AP_DRW, AhbAp, ApFaultError, DebugPort
+from agent.sim.nrf52840.power import (
+    PowerView,
+    Retained,
+    add_flash_reads,
+    load_retained,
+    save_retained,
+)
 from agent.sim.nrf52840.timing import TimingModel
 
 T = TypeVar("T")
@@ -31,7 +42,7 @@ class _OpenBoard:
     """Everything that exists while the probe is open."""
 
     def __init__(self, root: Path, uid: str) -> None:
-        folder = boards.current_board_dir(root, uid)
+        self.folder = folder = boards.current_board_dir(root, uid)
         spec = boards.read_spec(folder)
         self.files = [open(folder / name, "r+b") for name in ("flash.bin", "uicr.bin")]  # noqa: SIM115
         self.maps = [mmap.mmap(f.fileno(), 0) for f in self.files]
@@ -41,9 +52,27 @@ class _OpenBoard:
         self.core = CoreDebug(self.chip, self.timing)
         self.dp = DebugPort(self.chip, self.core, self.timing)
         self.transfers_left = boards.consume_disconnect(root, uid)
-        self.powered = settings.power_source(uid) or (lambda: True)
+        self.close_ignored = boards.read_probe_state(root, uid).close_ignored
+        self.power = PowerView(root, uid)
+        _, self.power_on = self.power.state()
+        retained = load_retained(folder)
+        if retained is not None and retained.power_on == self.power_on:
+            self.core.resume_mode(retained.core)
+            self.chip.debug_locked = retained.debug_locked
+        else:  # powered up since the last session (or never opened): the part starts from reset
+            self.core.system_reset()
+
+    def powered(self) -> bool:
+        """True while the slot is powered and has not been power-cycled under this session."""
+        on, power_on = self.power.state()
+        return on and power_on == self.power_on
 
     def close(self) -> None:
+        add_flash_reads(self.folder, self.chip.flash_bytes_read)
+        save_retained(self.folder, Retained(power_on=self.power_on,
+                                            debug_locked=self.chip.debug_locked,
+                                            core=self.core.mode))
+        self.power.close()
         self.chip.close()
         for mapping in self.maps:
             mapping.flush()
@@ -104,6 +133,10 @@ class SimProbe(DebugProbe):  # type: ignore[misc]
 
     def close(self) -> None:
         """Cut the link now, then release the board (safe from another thread, safe twice)."""
+        board = self._board
+        if board is not None and board.close_ignored:
+            board.close_ignored = False  # the injected fault: this close leaves the session be
+            return
         self._cut = True
         with self._io:
             board, self._board = self._board, None

@@ -9,7 +9,6 @@ package while ``import pyocd`` is still running.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 BOARD_DIR_ENV = "FIXTURE_AGENT_SIM_DIR"
@@ -17,7 +16,6 @@ TIMING_ENV = "FIXTURE_AGENT_SIM_TIMING"
 
 _board_dir: Path | None = None
 _timing: bool | None = None
-_power_sources: dict[str, Callable[[], bool]] = {}
 
 
 def set_board_dir(path: Path | str | None) -> None:
@@ -50,20 +48,3 @@ def timing_enabled() -> bool:
     if _timing is not None:
         return _timing
     return os.environ.get(TIMING_ENV, "0").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def set_power_source(probe_uid: str, powered: Callable[[], bool] | None) -> None:
-    """Tie the board under ``probe_uid`` to a DUT power switch in this process (None: always on).
-
-    While ``powered()`` is false the probe gets no answer from the target, as on a real fixture
-    whose DUT power relay is open; the station cuts power to abort a unit.
-    """
-    if powered is None:
-        _power_sources.pop(probe_uid, None)
-    else:
-        _power_sources[probe_uid] = powered
-
-
-def power_source(probe_uid: str) -> Callable[[], bool] | None:
-    """The DUT power switch of the board under ``probe_uid``, if one is registered here."""
-    return _power_sources.get(probe_uid)
