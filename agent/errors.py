@@ -28,6 +28,8 @@ class FailureCode(StrEnum):
     TIMEOUT = "timeout"
     ABORTED = "aborted"
     SERIALS_EXHAUSTED = "serials_exhausted"
+    UID_INVALID = "uid_invalid"
+    WORKER_CRASHED = "worker_crashed"
     STATION_RESTART = "station_restart"
     INTERNAL = "internal_error"
 

@@ -16,6 +16,7 @@ from agent.errors import (
     FailureCode,
     ProbeLost,
     ProgrammerAborted,
+    ProgrammerError,
     ProtocolError,
     TargetLocked,
     WriteFailed,
@@ -218,3 +219,14 @@ async def test_boot_control_without_pins_does_nothing() -> None:
     assert not boot.configured
     await boot.enter_bootloader()
     await boot.leave_bootloader(run_application=True)
+
+
+async def test_a_refused_readout_protect_is_a_failed_lock(
+    programmer: Stm32UartProgrammer, sim: Stm32BootloaderSim
+) -> None:
+    await programmer.connect(F405)
+    sim.faults.nack_commands[Command.READOUT_PROTECT] = 10  # every retry refused
+    with pytest.raises(ProgrammerError) as failure:
+        await programmer.lock()
+    assert failure.value.code == FailureCode.LOCK_FAILED
+    assert sim.chip.rdp != RDP_LEVEL1

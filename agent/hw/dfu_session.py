@@ -74,8 +74,9 @@ class DfuSession:
                                      timeout_s=self.policy.enumerate_timeout_s))
         part = identify(self._flash_layout(), options.target)
         self._part, self._ledger = part, FlashLedger()
+        uid_bytes = part.chip.uid_size if part.uid_over_dfu else None  # else: the serial string
         if self._read_uid(part):
-            return Connection()
+            return Connection(uid_bytes=uid_bytes)
         if not options.recover_locked:
             raise TargetLocked("readout protection is active and recovery was not allowed")
         log.warning("%s: removing readout protection (mass erase), as the job allows",
@@ -84,7 +85,7 @@ class DfuSession:
         if not self._read_uid(part):
             raise TargetLocked("still locked after read unprotect")
         self._ledger.mark_erased(list(range(len(part.chip.sector_sizes))))
-        return Connection(recovered_locked_part=True)
+        return Connection(recovered_locked_part=True, uid_bytes=uid_bytes)
 
     def finish(self, *, start_application: bool) -> None:
         """Leave DFU mode so the new firmware starts (best effort), then let the device go."""

@@ -187,7 +187,7 @@ class Stm32UartProgrammer:
             self._ledger.mark_erased(list(range(len(chip.sector_sizes))))
             recovered = True
         self._chip = chip
-        return Connection(recovered_locked_part=recovered)
+        return Connection(recovered_locked_part=recovered, uid_bytes=chip.uid_size)
 
     async def _identify(self, client: An3155Client, target: str) -> Stm32Chip:
         """Sync, Get and Get ID; the part must be a known chip that the firmware set targets."""
@@ -296,7 +296,11 @@ class Stm32UartProgrammer:
 
     async def _lock(self) -> None:
         client, chip = self._require()
-        await client.readout_protect()
+        try:
+            await client.readout_protect()
+        except NackError as refused:  # the part said no: the unit is not locked
+            raise ProgrammerError(f"Readout Protect refused: {refused}",
+                                  code=FailureCode.LOCK_FAILED) from refused
         await client.sync()  # the part reset to apply the option bytes
         if await self._read_uid(client, chip):
             raise ProgrammerError("readout protection did not take", code=FailureCode.LOCK_FAILED)

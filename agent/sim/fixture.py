@@ -110,15 +110,17 @@ class SimulatedOperator:
             while not predicate():  # noqa: ASYNC110 (output pins raise no events: poll)
                 await asyncio.sleep(POLL_S)
 
-    async def cycle_one(self, timeout: float = 120.0) -> str:
+    async def cycle_one(self, timeout: float = 120.0, *, place: bool = True) -> str:
         """Place boards, close the lid, wait for the verdict, take the boards out; returns the lamp.
 
         The station turns every lamp off once it has seen the lid open, so a lamp lit after the
-        lid closes is always this unit's verdict.
+        lid closes is always this unit's verdict. ``place=False``: the boards already in the
+        bays (a test put particular ones there) go through.
         """
         await self.wait_until(lambda: self.lamp() == "off", timeout)
-        for bay in self._bays:
-            bay.place_new_board()
+        if place:
+            for bay in self._bays:
+                bay.place_new_board()
         self.close_lid()
         await self.wait_until(lambda: not self.clamp_engaged() and self.lamp() in ("pass", "fail"),
                               timeout)

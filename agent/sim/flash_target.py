@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from agent.errors import ProbeLost, ProbeNotFound, ProgrammerAborted, TargetLocked, WriteFailed
 from agent.hw.programmer import Connection, ConnectOptions, Region, ValidFlag
 
+UID_BYTES = 8
+
 
 @dataclass
 class SimFlashBoard:
@@ -30,7 +32,8 @@ class SimFlashBoard:
     @classmethod
     def blank(cls, *, flash_size: int, page_size: int, uid: bytes | None = None) -> SimFlashBoard:
         """A factory-fresh part: erased flash, random 8-byte unique id."""
-        return cls(uid=uid or secrets.token_bytes(8), flash=bytearray(b"\xff" * flash_size),
+        return cls(uid=secrets.token_bytes(UID_BYTES) if uid is None else uid,
+                   flash=bytearray(b"\xff" * flash_size),
                    page_size=page_size)
 
     def erase_pages(self, address: int, size: int) -> None:
@@ -57,9 +60,10 @@ class SimFlashBay:
         self.powered = powered
         self.board: SimFlashBoard | None = None
 
-    def place_new_board(self) -> str:
-        """Insert a factory-fresh board; returns its unique id."""
-        self.board = SimFlashBoard.blank(flash_size=self.flash_size, page_size=self.page_size)
+    def place_new_board(self, *, uid: bytes | None = None) -> str:
+        """Insert a factory-fresh board (random 8-byte unique id unless given); returns its id."""
+        self.board = SimFlashBoard.blank(flash_size=self.flash_size, page_size=self.page_size,
+                                         uid=uid)
         return self.board.uid.hex()
 
 
@@ -95,13 +99,13 @@ class SimFlashProgrammer:
         self._connected = True
         board = await self._board()
         if not board.locked:
-            return Connection()
+            return Connection(uid_bytes=UID_BYTES)
         if not options.recover_locked:
             self._connected = False
             raise TargetLocked("part is read-protected; the job does not allow recovery")
         board.flash[:] = b"\xff" * len(board.flash)
         board.locked = False
-        return Connection(recovered_locked_part=True)
+        return Connection(recovered_locked_part=True, uid_bytes=UID_BYTES)
 
     async def read_unique_id(self) -> str:
         return (await self._board()).uid.hex()
