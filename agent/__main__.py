@@ -2,4 +2,5 @@
 
 from agent.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # a spawned slot worker imports this module too: it must not run
+    raise SystemExit(main())

@@ -95,32 +95,45 @@ class FixtureSection(Section):
     clamp_bounce_ms: Annotated[int, Field(ge=0, le=1000)] = 20
     clamp_settle_ms: Annotated[int, Field(ge=0, le=5000)] = 150
     power_settle_ms: Annotated[int, Field(ge=0, le=5000)] = 50
+    # pyOCD and UART slots each run in a worker process ("process"); "thread" keeps them on
+    # threads of the station's process (one GIL for every slot: for comparison and debugging).
+    slot_workers: Literal["process", "thread"] = "process"
 
 
-class SimFlashSlot(Section):
+class SlotSection(Section):
+    """What every slot has: its name, and optionally its own PASS/FAIL lamps (a panel's X-out)."""
+
+    name: SlotName
+    lamp_pass: BcmPin | None = None
+    lamp_fail: BcmPin | None = None
+
+    def pins(self) -> dict[str, int]:
+        """The fixture pins this slot drives, by what they are for."""
+        names = ("lamp_pass", "lamp_fail", "boot0_pin", "nreset_pin")
+        return {name: pin for name in names if (pin := getattr(self, name, None)) is not None}
+
+
+class SimFlashSlot(SlotSection):
     """A slot whose board is the in-memory simulated target (no pyOCD)."""
 
     backend: Literal["sim-flash"]
-    name: SlotName
     flash_size: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 1024 * 1024
     page_size: Annotated[int, Field(ge=256, le=128 * 1024)] = 4096
     op_delay_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
 
 
-class PyOcdSlot(Section):
+class PyOcdSlot(SlotSection):
     """A slot programmed over SWD/JTAG through pyOCD."""
 
     backend: Literal["pyocd"]
-    name: SlotName
     probe: Annotated[str, Field(min_length=1, description="probe unique id, e.g. sim:0001")]
     frequency_hz: Annotated[int, Field(ge=10_000, le=50_000_000)] = 4_000_000
 
 
-class UartSlot(Section):
+class UartSlot(SlotSection):
     """A slot programmed through the STM32 ROM bootloader (AN3155) on a serial port."""
 
     backend: Literal["stm32-uart"]
-    name: SlotName
     port: Annotated[str, Field(min_length=1)]
     baud: Annotated[int, Field(ge=1200, le=4_000_000)] = 115200
     parity: Literal["even", "none"] = "even"
@@ -132,7 +145,7 @@ UsbId = Annotated[int, Field(ge=0, le=0xFFFF)]
 UsbPortPath = Annotated[str, Field(pattern=r"^[0-9]{1,3}-[0-9]{1,3}(\.[0-9]{1,3}){0,6}$")]
 
 
-class DfuSlot(Section):
+class DfuSlot(SlotSection):
     """A slot programmed through a USB-DFU bootloader (DFU 1.1 with ST's DfuSe extensions).
 
     ``usb_path`` (the hub port, ``1-1.3`` as dfu-util's ``--path``) tells boards on one hub
@@ -141,7 +154,6 @@ class DfuSlot(Section):
     """
 
     backend: Literal["usb-dfu"]
-    name: SlotName
     vid: UsbId = 0x0483
     pid: UsbId = 0xDF11
     serial: Annotated[str, Field(min_length=1, max_length=126)] | None = None
@@ -214,17 +226,23 @@ class StationConfig(Section):
     limits: LimitsSection = LimitsSection()
     simulation: SimulationSection = SimulationSection()
 
+    def slot_lamps(self) -> dict[str, tuple[int | None, int | None]]:
+        """Per-slot (PASS, FAIL) lamp pins of the slots that have their own lamps."""
+        return {slot.name: (slot.lamp_pass, slot.lamp_fail) for slot in self.slots
+                if slot.lamp_pass is not None or slot.lamp_fail is not None}
+
     @model_validator(mode="after")
     def _unique_slots(self) -> StationConfig:
         names = [slot.name for slot in self.slots]
         if len(set(names)) != len(names):
             raise ValueError(f"slot names repeat: {names}")
-        pins = set(self.fixture.pins.model_dump().values())
+        used = {pin: f"a fixture pin ({name})"
+                for name, pin in self.fixture.pins.model_dump().items()}
         for slot in self.slots:
-            if isinstance(slot, UartSlot | DfuSlot):
-                for label, pin in (("boot0_pin", slot.boot0_pin), ("nreset_pin", slot.nreset_pin)):
-                    if pin is not None and pin in pins:
-                        raise ValueError(f"slot {slot.name} {label} {pin} is a fixture pin")
+            for label, pin in slot.pins().items():
+                if pin in used:
+                    raise ValueError(f"slot {slot.name} {label} {pin} is {used[pin]}")
+                used[pin] = f"slot {slot.name}'s {label}"
         _dfu_slots_apart([slot for slot in self.slots if isinstance(slot, DfuSlot)])
         return self
 

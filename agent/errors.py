@@ -64,6 +64,7 @@ class ProgrammerError(AgentError):
         address: int | None = None,
         code: FailureCode | None = None,
     ) -> None:
+        self.detail = message  # without the location suffix (a worker sends it across as is)
         self.region = region
         self.address = address
         if code is not None:
@@ -102,6 +103,12 @@ class ProtocolError(ProgrammerError):
 
 class ProgrammerAborted(ProgrammerError):
     code = FailureCode.ABORTED
+
+
+class WorkerCrashed(ProgrammerError):
+    """The slot's worker process died (killed, crashed in native code, out of memory)."""
+
+    code = FailureCode.WORKER_CRASHED
 
 
 class UnitFailure(AgentError):

@@ -109,9 +109,15 @@ async def eventually(predicate: Callable[[], Any], *, timeout: float = 20.0,
 
 
 def write_station_toml(path: Path, workdir: Path, port: int, *, station_id: str,
-                       op_delay_ms: int = 15) -> None:
-    """A station configuration file for a real `fixture-agent run` process (sim-flash slot)."""
+                       op_delay_ms: int = 15, slots_toml: str | None = None) -> None:
+    """A station configuration file for a real `fixture-agent run` process.
+
+    One sim-flash slot unless ``slots_toml`` gives the ``[[slots]]`` tables; simulated boards
+    live in ``workdir/boards``.
+    """
     pem = RELEASE.trust_section()["keys"][0]["public_key_pem"]
+    if slots_toml is None:
+        slots_toml = f'[[slots]]\nname = "a"\nbackend = "sim-flash"\nop_delay_ms = {op_delay_ms}\n'
     path.write_text(f"""
 [station]
 id = "{station_id}"
@@ -132,12 +138,11 @@ interlock = 23
 lamp_pass = 5
 lamp_fail = 6
 lamp_busy = 13
-[[slots]]
-name = "a"
-backend = "sim-flash"
-op_delay_ms = {op_delay_ms}
+{slots_toml}
 [storage]
 dir = "{workdir}/station"
+[simulation]
+board_dir = "{workdir}/boards"
 [trust]
 keys = [{{ key_id = "{RELEASE.key_id}", alg = "ed25519", public_key_pem = '''{pem}''' }}]
 [limits]

@@ -9,9 +9,24 @@ no pins configured skips boot entry: the board is assumed strapped for the bootl
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from gpiozero import DigitalOutputDevice
 from gpiozero.pins import Factory
+
+
+class BootLines(Protocol):
+    """What a bootloader programmer needs of its slot's BOOT0/NRESET lines.
+
+    :class:`BootControl` drives them; a slot worker gets a stand-in that asks the station,
+    which owns every GPIO line of the fixture.
+    """
+
+    async def enter_bootloader(self) -> None:
+        """BOOT0 high, pulse NRESET, wait for the ROM bootloader to listen."""
+
+    async def leave_bootloader(self, *, run_application: bool = False) -> None:
+        """BOOT0 low; with ``run_application`` pulse NRESET so the new firmware starts."""
 
 
 class BootControl:

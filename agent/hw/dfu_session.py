@@ -72,7 +72,7 @@ class DfuSession:
         self.close()
         self._attach(wait_for_device(self.selector, self.backend, abort=self.abort,
                                      timeout_s=self.policy.enumerate_timeout_s))
-        part = identify(self._flash_layout(), options.target)
+        part = identify(self._flash_layout(), options.for_bootloader)
         self._part, self._ledger = part, FlashLedger()
         uid_bytes = part.chip.uid_size if part.uid_over_dfu else None  # else: the serial string
         if self._read_uid(part):

@@ -66,7 +66,10 @@ class Fixture(Protocol):
         """DUT power off, clamp released. Idempotent."""
 
     def show(self, lamp: Lamp) -> None:
-        """Light exactly one lamp (or none)."""
+        """Light exactly one lamp (or none); OFF also turns every slot's lamps off."""
+
+    def show_slot(self, slot: str, lamp: Lamp) -> None:
+        """Light a slot's own PASS or FAIL lamp, where the fixture has one (else nothing)."""
 
     def close(self) -> None:
         """Enter the safe state and release the pins."""
@@ -82,6 +85,7 @@ class GpioFixture:
         pin_factory: Any = None,
         bounce_ms: int = 20,
         settle_ms: int = 150,
+        slot_lamps: dict[str, tuple[int | None, int | None]] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._settle_s = settle_ms / 1000
@@ -97,6 +101,12 @@ class GpioFixture:
             Lamp.FAIL: LED(pins.lamp_fail, **factory),
             Lamp.BUSY: LED(pins.lamp_busy, **factory),
         }
+        # A panel's per-slot PASS/FAIL lamps (optional): the X-out an operator acts on.
+        self._slot_lamps = {
+            slot: {lamp: LED(pin, **factory)
+                   for lamp, pin in ((Lamp.PASS, pass_pin), (Lamp.FAIL, fail_pin))
+                   if pin is not None}
+            for slot, (pass_pin, fail_pin) in (slot_lamps or {}).items()}
         self._changed = asyncio.Event()
         self._interlock_callbacks: list[Callable[[], None]] = []
         self._clamp_sensor.when_pressed = self._from_thread(self._changed.set)
@@ -160,10 +170,19 @@ class GpioFixture:
     def show(self, lamp: Lamp) -> None:
         for which, led in self._lamps.items():
             led.value = which is lamp
+        if lamp is Lamp.OFF:
+            for leds in self._slot_lamps.values():
+                for led in leds.values():
+                    led.off()
+
+    def show_slot(self, slot: str, lamp: Lamp) -> None:
+        for which, led in self._slot_lamps.get(slot, {}).items():
+            led.value = which is lamp
 
     def close(self) -> None:
         self.safe_state()
         self.show(Lamp.OFF)
+        slot_leds = [led for leds in self._slot_lamps.values() for led in leds.values()]
         for device in (self._clamp_sensor, self._interlock, self._power, self._clamp,
-                       *self._lamps.values()):
+                       *self._lamps.values(), *slot_leds):
             device.close()

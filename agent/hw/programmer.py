@@ -49,12 +49,26 @@ class ConnectOptions:
     """What the current firmware set and job ask of the connection.
 
     ``target`` is the firmware set's target type (pyOCD target name such as ``nrf52840``, or the
-    bootloader's chip family); ``recover_locked`` allows the backend to mass-erase a locked part to
-    regain access. Without it a locked part fails with ``TargetLocked`` and is never erased.
+    bootloader's chip family); a set may name one per interface (``swd_target``,
+    ``bootloader_target``), and each backend takes its own, so a panel can mix SWD and bootloader
+    slots. ``recover_locked`` allows the backend to mass-erase a locked part to regain access.
+    Without it a locked part fails with ``TargetLocked`` and is never erased.
     """
 
     target: str
     recover_locked: bool = False
+    swd_target: str | None = None  # the set's pyOCD target type, when it names one
+    bootloader_target: str | None = None  # the set's ROM bootloader part, when it names one
+
+    @property
+    def for_swd(self) -> str:
+        """The name a debug-probe backend connects to."""
+        return self.swd_target or self.target
+
+    @property
+    def for_bootloader(self) -> str:
+        """The name a ROM-bootloader backend (UART, USB-DFU) checks the part against."""
+        return self.bootloader_target or self.target
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +86,11 @@ class Connection:
 @runtime_checkable
 class Programmer(Protocol):
     """One probe or bootloader link attached to one slot of the fixture."""
+
+    async def prepare(self, options: ConnectOptions | None) -> None:
+        """Do now what the first unit would otherwise pay for: imports, probe discovery, the
+        target type's lookup (``options``, once the firmware set is known). Never touches a board.
+        """
 
     async def connect(self, options: ConnectOptions) -> Connection:
         """Open the link to the board in the slot (DUT power is already on)."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import importlib
 import logging
 import os
 import threading
@@ -59,7 +60,25 @@ UICR_CUSTOMER = range(0x10001080, 0x10001100)
 UICR_APPROTECT = 0x10001208
 APPROTECT_ENABLED = 0x00000000
 CTRL_AP_RESET = 0x000  # nRF CTRL-AP: write 1 then 0 for a system reset
+# Imported by prepare(), so that no first unit pays for (or races on) a first import.
+SESSION_MODULES = ("pyocd.core.session", "pyocd.core.helpers", "pyocd.flash.loader",
+                   "pyocd.flash.eraser", "pyocd.target")
 ERASED = 0xFFFFFFFF
+
+
+_IMPORTS = threading.Lock()
+
+
+def _import_pyocd() -> None:
+    """pyOCD's modules, imported by one thread at a time.
+
+    Several slots' threads importing pyOCD for the first time at once raced on its module
+    locks (``_DeadlockError``, "partially initialized module") and lost the first panel's units.
+    Worker processes do not share imports; this keeps the in-process mode safe as well.
+    """
+    with _IMPORTS:
+        for module in SESSION_MODULES:
+            importlib.import_module(module)
 
 
 def _is_nrf52(target: str) -> bool:
@@ -77,6 +96,18 @@ class _Link:
 
     # --- connection ----------------------------------------------------------------------------
 
+    def prepare(self, target: str | None) -> None:
+        """Import what a session uses, discover probes, look the target type up (no session)."""
+        _import_pyocd()
+        from pyocd.core.helpers import ConnectHelper
+        from pyocd.target import TARGET
+
+        ConnectHelper.get_all_connected_probes(blocking=False, unique_id=self.probe_id,
+                                               print_wait_message=False)
+        if target is not None and target.lower() not in TARGET:
+            raise ProgrammerError(f"pyOCD has no target type {target!r}",
+                                  code=FailureCode.TARGET_MISMATCH)
+
     def find_probe(self) -> Any:
         """The probe with exactly this id, without waiting for one to appear."""
         from pyocd.core.helpers import ConnectHelper
@@ -92,18 +123,20 @@ class _Link:
 
     def open(self, options: ConnectOptions) -> Connection:
         """Open a session; a locked part fails unless recovery was asked for."""
+        _import_pyocd()
         from pyocd.target import TARGET
 
-        if options.target.lower() not in TARGET:
+        name = options.for_swd
+        if name.lower() not in TARGET:
             raise ProgrammerError(
-                f"pyOCD has no target type {options.target!r}", code=FailureCode.TARGET_MISMATCH
+                f"pyOCD has no target type {name!r}", code=FailureCode.TARGET_MISMATCH
             )
-        self.target_name = options.target.lower()
+        self.target_name = name.lower()
         recovered = False
         if not self._try_open():
             if not options.recover_locked:
                 self.close()
-                raise TargetLocked(f"{options.target} on {self.probe_id} has APPROTECT enabled")
+                raise TargetLocked(f"{name} on {self.probe_id} has APPROTECT enabled")
             LOG.warning("%s: mass-erasing locked part (recover_locked)", self.probe_id)
             if not self.session.target.mass_erase():
                 raise EraseFailed("CTRL-AP ERASEALL did not finish")
@@ -337,6 +370,11 @@ class PyOcdProgrammer:
             self._link.close()
             raise ProgrammerAborted(f"{what}: aborted while it ran", **where)
         return result
+
+    async def prepare(self, options: ConnectOptions | None) -> None:
+        """pyOCD's imports, probe discovery and target lookup, on the slot's own thread."""
+        call = functools.partial(self._link.prepare, options.for_swd if options else None)
+        await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def connect(self, options: ConnectOptions) -> Connection:
         """Open the probe (ProbeNotFound at once if absent) and connect to the target."""

@@ -64,6 +64,10 @@ class Stm32DfuProgrammer:
         self._abort: threading.Event | None = None  # made at connect: a lock does not pickle
         self._inflight: set[asyncio.Future[Any]] = set()
 
+    async def prepare(self, options: ConnectOptions | None) -> None:
+        """Import pyusb now (finding the device waits for a board)."""
+        import usb.core  # noqa: F401
+
     async def connect(self, options: ConnectOptions) -> Connection:
         """Enter the bootloader (BOOT0 high, reset), find the device, identify the part."""
         await self._release(start_application=False)

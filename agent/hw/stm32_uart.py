@@ -26,7 +26,7 @@ from agent.errors import (
     WriteFailed,
 )
 from agent.hw.an3155 import MAX_BLOCK, An3155Client, Command, LinkPolicy, NackError
-from agent.hw.boot_control import BootControl
+from agent.hw.boot_control import BootLines
 from agent.hw.programmer import Connection, ConnectOptions, Region, ValidFlag
 from agent.hw.stm32_flash import KNOWN_CHIPS, FlashLedger, Stm32Chip
 
@@ -80,7 +80,7 @@ class Stm32UartProgrammer:
         port: str,
         baud: int = 115200,
         parity: Literal["even", "none"] = "even",
-        boot: BootControl | None = None,
+        boot: BootLines | None = None,
         policy: LinkPolicy | None = None,
         reserved: Sequence[Region] = (),
     ) -> None:
@@ -128,6 +128,10 @@ class Stm32UartProgrammer:
         """Program the valid word into erased flash and read it back."""
         await self._guard("set_valid_flag", lambda: self._set_valid_flag(flag))
 
+    async def prepare(self, options: ConnectOptions | None) -> None:
+        """Import the serial stack now (opening the port waits for a board)."""
+        import serial_asyncio  # noqa: F401
+
     async def lock(self) -> None:
         """Readout Protect (RDP level 1), then confirm the part now refuses Read Memory."""
         await self._guard("lock", self._lock)
@@ -174,14 +178,14 @@ class Stm32UartProgrammer:
         self._client = client = await open_serial(
             self._port, baud=self._baud, parity=self._parity, policy=self._policy
         )
-        chip = await self._identify(client, options.target)
+        chip = await self._identify(client, options.for_bootloader)
         self._ledger = FlashLedger()
         recovered = False
         if not await self._read_uid(client, chip):
             if not options.recover_locked:
                 raise TargetLocked("readout protection is active and recovery was not allowed")
             await client.readout_unprotect()  # mass-erases: the board's contents are gone
-            await self._identify(client, options.target)
+            await self._identify(client, options.for_bootloader)
             if not await self._read_uid(client, chip):
                 raise TargetLocked("still locked after Readout Unprotect")
             self._ledger.mark_erased(list(range(len(chip.sector_sizes))))

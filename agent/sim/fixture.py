@@ -59,10 +59,12 @@ class SimBay(Protocol):
 class SimulatedOperator:
     """Drives the fixture's input pins the way an operator would."""
 
-    def __init__(self, *, factory: Any, pins: Any, bays: list[SimBay]) -> None:
+    def __init__(self, *, factory: Any, pins: Any, bays: list[SimBay],
+                 slot_lamps: dict[str, tuple[int | None, int | None]] | None = None) -> None:
         self._factory = factory
         self._pins = pins
         self._bays = bays
+        self._slot_lamps = slot_lamps or {}
         # Idle fixture: lid open (sensor pulled high), interlock loop closed (low).
         self._pin(pins.clamp_sensor).drive_high()
         self._pin(pins.interlock).drive_low()
@@ -77,6 +79,14 @@ class SimulatedOperator:
         """Which lamp is lit: 'pass', 'fail', 'busy' or 'off'."""
         for name in ("pass", "fail", "busy"):
             if self._output(getattr(self._pins, f"lamp_{name}")):
+                return name
+        return "off"
+
+    def slot_lamp(self, slot: str) -> str:
+        """Which of a slot's own lamps is lit: 'pass', 'fail' or 'off'."""
+        pass_pin, fail_pin = self._slot_lamps.get(slot, (None, None))
+        for name, pin in (("pass", pass_pin), ("fail", fail_pin)):
+            if pin is not None and self._output(pin):
                 return name
         return "off"
 

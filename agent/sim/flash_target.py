@@ -94,6 +94,9 @@ class SimFlashProgrammer:
             raise WriteFailed("region runs past the end of flash", region=region.name,
                               address=region.address)
 
+    async def prepare(self, options: ConnectOptions | None) -> None:
+        """Nothing to warm up: the board is in memory."""
+
     async def connect(self, options: ConnectOptions) -> Connection:
         self._aborted = False
         self._connected = True

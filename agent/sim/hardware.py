@@ -53,6 +53,7 @@ async def build_simulated_hardware(
         pin_factory=factory,
         bounce_ms=config.fixture.clamp_bounce_ms,
         settle_ms=config.fixture.clamp_settle_ms,
+        slot_lamps=config.slot_lamps(),
     )
 
     def powered() -> bool:
@@ -74,14 +75,16 @@ async def build_simulated_hardware(
             nrf_bay.switch_power(bool(relay.state))
             relay.listeners.append(nrf_bay.switch_power)
             bays[slot.name] = nrf_bay
-            programmers[slot.name] = build_programmer(slot, pin_factory=factory)
+            programmers[slot.name] = build_programmer(slot, pin_factory=factory,
+                                                      workers=config.fixture.slot_workers)
         elif isinstance(slot, UartSlot):
             from agent.sim.stm32_bootloader.bay import Stm32Bay
 
             uart_bay = await Stm32Bay.start_for_slot(slot, powered=powered)
             closers.append(uart_bay.stop)
             bays[slot.name] = uart_bay
-            programmers[slot.name] = build_programmer(slot, pin_factory=factory)
+            programmers[slot.name] = build_programmer(slot, pin_factory=factory,
+                                                      workers=config.fixture.slot_workers)
         elif isinstance(slot, DfuSlot):
             from agent.sim.stm32_dfu import SimUsbBus
             from agent.sim.stm32_dfu.bay import DfuBay
@@ -91,7 +94,8 @@ async def build_simulated_hardware(
                                               powered=powered, simulation=config.simulation)
             programmers[slot.name] = build_programmer(slot, pin_factory=factory,
                                                       usb_backend=usb_bus)
-    operator = SimulatedOperator(factory=factory, pins=pins, bays=list(bays.values()))
+    operator = SimulatedOperator(factory=factory, pins=pins, bays=list(bays.values()),
+                                 slot_lamps=config.slot_lamps())
     return (
         fixture,
         programmers,

@@ -13,7 +13,7 @@ import signal
 import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal
 
 from agent.config import DfuSlot, PyOcdSlot, StationConfig, UartSlot
 from agent.errors import FailureCode, HardwareUnavailable
@@ -53,12 +53,14 @@ class Hardware:
 
 
 def build_programmer(slot: PyOcdSlot | UartSlot | DfuSlot, *, pin_factory: Any,
-                     usb_backend: Any = None) -> Programmer:
-    """The real backend for a slot; ``usb_backend`` is pyusb's (None: libusb)."""
-    if isinstance(slot, PyOcdSlot):
-        from agent.hw.pyocd_programmer import PyOcdProgrammer
+                     usb_backend: Any = None,
+                     workers: Literal["process", "thread"] = "process") -> Programmer:
+    """The real backend for a slot; ``usb_backend`` is pyusb's (None: libusb).
 
-        return PyOcdProgrammer(probe_id=slot.probe, frequency_hz=slot.frequency_hz)
+    pyOCD and UART slots run in a worker process of their own (``workers="process"``); their
+    BOOT0/NRESET lines stay here, where the fixture's pin factory is. USB-DFU slots stay
+    in-process: a pyusb backend object cannot follow its slot into another process.
+    """
     if isinstance(slot, DfuSlot):
         from agent.hw.stm32_dfu import Stm32DfuProgrammer
 
@@ -66,24 +68,39 @@ def build_programmer(slot: PyOcdSlot | UartSlot | DfuSlot, *, pin_factory: Any,
                                   usb_path=slot.usb_path, boot0_pin=slot.boot0_pin,
                                   nreset_pin=slot.nreset_pin, pin_factory=pin_factory,
                                   usb_backend=usb_backend)
-    from agent.hw.boot_control import BootControl
+    boot = _boot_lines(slot, pin_factory) if isinstance(slot, UartSlot) else None
+    if workers == "process":
+        from agent.station.workers.proxy import WorkerProgrammer
+
+        return WorkerProgrammer(slot=slot, boot=boot)
+    if isinstance(slot, PyOcdSlot):
+        from agent.hw.pyocd_programmer import PyOcdProgrammer
+
+        return PyOcdProgrammer(probe_id=slot.probe, frequency_hz=slot.frequency_hz)
     from agent.hw.stm32_uart import Stm32UartProgrammer
 
-    boot = None
-    if slot.boot0_pin is not None or slot.nreset_pin is not None:
-        boot = BootControl(boot0_pin=slot.boot0_pin, nreset_pin=slot.nreset_pin,
-                           pin_factory=pin_factory)
     return Stm32UartProgrammer(port=slot.port, baud=slot.baud, parity=slot.parity, boot=boot)
 
 
-@runtime_checkable
-class _WorkerOwner(Protocol):
-    def shutdown(self) -> None:
-        """Stop the backend's worker thread."""
+def _boot_lines(slot: UartSlot, pin_factory: Any) -> Any:
+    from agent.hw.boot_control import BootControl
+
+    if slot.boot0_pin is None and slot.nreset_pin is None:
+        return None
+    return BootControl(boot0_pin=slot.boot0_pin, nreset_pin=slot.nreset_pin,
+                       pin_factory=pin_factory)
 
 
-def _stop_workers(programmers: dict[str, Programmer]) -> list[Callable[[], Any]]:
-    return [p.shutdown for p in programmers.values() if isinstance(p, _WorkerOwner)]
+def programmer_closers(programmers: dict[str, Programmer]) -> list[Callable[[], Any]]:
+    """What stops each backend at station exit: a worker process, or a backend's thread."""
+    closers: list[Callable[[], Any]] = []
+    for programmer in programmers.values():
+        for name in ("close", "shutdown"):
+            method = getattr(programmer, name, None)
+            if callable(method):
+                closers.append(method)
+                break
+    return closers
 
 
 async def build_hardware(config: StationConfig) -> Hardware:
@@ -94,16 +111,17 @@ async def build_hardware(config: StationConfig) -> Hardware:
         sim_fixture, sim_programmers, sim = await build_simulated_hardware(config,
                                                                            build_programmer)
         return Hardware(fixture=sim_fixture, programmers=sim_programmers, sim=sim,
-                        closers=[*_stop_workers(sim_programmers), sim.close])
+                        closers=[*programmer_closers(sim_programmers), sim.close])
     fixture = _gpio_fixture(config)
     programmers: dict[str, Programmer] = {}
     for slot in config.slots:
         if not isinstance(slot, PyOcdSlot | UartSlot | DfuSlot):
             raise TypeError(f"slot {slot.name}: backend {slot.backend} needs fixture.backend "
                              "= 'sim'")
-        programmers[slot.name] = build_programmer(slot, pin_factory=None)
+        programmers[slot.name] = build_programmer(slot, pin_factory=None,
+                                                  workers=config.fixture.slot_workers)
     return Hardware(fixture=fixture, programmers=programmers,
-                    closers=_stop_workers(programmers))
+                    closers=programmer_closers(programmers))
 
 
 def _gpio_fixture(config: StationConfig) -> GpioFixture:
@@ -115,7 +133,8 @@ def _gpio_fixture(config: StationConfig) -> GpioFixture:
         try:
             return GpioFixture(pins=config.fixture.pins, pin_factory=None,
                                bounce_ms=config.fixture.clamp_bounce_ms,
-                               settle_ms=config.fixture.clamp_settle_ms)
+                               settle_ms=config.fixture.clamp_settle_ms,
+                               slot_lamps=config.slot_lamps())
         except BadPinFactory:
             reasons = "; ".join(str(w.message).removeprefix("Falling back from ") for w in tried)
     raise HardwareUnavailable(
@@ -135,6 +154,7 @@ class StationParts:
     status: StatusBoard
     rollout: RolloutManager
     store: StationStore
+    programmers: dict[str, Programmer]
 
 
 def broker_endpoint(config: StationConfig) -> BrokerEndpoint:
@@ -178,7 +198,7 @@ def assemble(config: StationConfig, hardware: Hardware, store: StationStore,
         link.add_handler(group_firmware_set(broker.group), sets.handle_set)
     link.add_handler(topics.command, sets.handle_command)
     return StationParts(station=station, link=link, jobs=jobs, outbox=outbox, status=status,
-                        rollout=rollout, store=store)
+                        rollout=rollout, store=store, programmers=hardware.programmers)
 
 
 @contextlib.asynccontextmanager

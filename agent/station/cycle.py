@@ -81,6 +81,14 @@ class UnitPlan:
             raise IllegalTransition(f"plan of job {self.job.job_id} has no firmware set")
         return self.firmware_set
 
+    def connect_options(self) -> ConnectOptions:
+        """How every slot's backend connects: the set's target names, the job's recovery rule."""
+        target = self.programmable_set().target
+        return ConnectOptions(target=target.pyocd_target or target.bootloader or target.family,
+                              swd_target=target.pyocd_target,
+                              bootloader_target=target.bootloader,
+                              recover_locked=self.job.recover_locked)
+
 
 @dataclass
 class UnitRun:
@@ -195,10 +203,8 @@ async def program_unit(run: UnitRun, programmer: Programmer, *, take_serial: Tak
     """Run the slot's stages from CONNECT through LOCK; raises UnitFailure or ProgrammerError."""
     job = run.plan.job
     fs = run.plan.programmable_set()
-    target = fs.target.pyocd_target or fs.target.bootloader or fs.target.family
     run.enter(Stage.CONNECT)
-    connection = await programmer.connect(ConnectOptions(target=target,
-                                                         recover_locked=job.recover_locked))
+    connection = await programmer.connect(run.plan.connect_options())
     run.recovered_locked_part = connection.recovered_locked_part
 
     run.enter(Stage.IDENTIFY)

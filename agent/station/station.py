@@ -21,10 +21,11 @@ from agent.errors import FailureCode, ProgrammerError, UnitFailure
 from agent.firmware.manager import RolloutManager
 from agent.firmware.rollout import Waiting
 from agent.hw.fixture import Fixture, FixtureFault, Lamp
-from agent.hw.programmer import Programmer
+from agent.hw.programmer import ConnectOptions, Programmer
 from agent.station.cycle import Stage, UnitPlan, UnitRun, program_unit
 from agent.station.jobs import InterruptedUnit, JobBook
 from agent.station.outbox import Outbox
+from agent.station.panel import SerialTurns
 from agent.station.status import StatusBoard
 from agent.station.store import StationStore
 from agent.wire.codec import encode
@@ -64,6 +65,7 @@ class Station:
         self._rollout = rollout
         self._sets_changed = sets_changed
         self._plan: UnitPlan | None = None
+        self._prepared_for: ConnectOptions | None = None
         self._abort_code: FailureCode | None = None
         self._running = False
         self._background: set[asyncio.Task[None]] = set()
@@ -79,9 +81,12 @@ class Station:
         self._fixture.show(Lamp.OFF)
         self._fixture.on_interlock_open(lambda: self.abort(FailureCode.INTERLOCK_OPEN))
         await self._record_interrupted_units()
+        await self._prepare_slots(None)  # every slot's worker started and warmed up now
         try:
             while True:
                 await self._wait_until_ready()
+                if self._plan is not None:
+                    await self._prepare_slots(self._plan.connect_options())
                 await self._wait_for_board()
                 if self._stopping or await self.refresh():
                     await asyncio.sleep(0.1)
@@ -163,6 +168,20 @@ class Station:
                                   firmware_set=verified.firmware_set, images=images, lock=lock)
         return None
 
+    async def _prepare_slots(self, target: ConnectOptions | None) -> None:
+        """Warm every slot's programmer up (imports, discovery, target lookup) before a board is
+        accepted, once per target: the first panel after a start must not pay for it, or race
+        on it. A slot that cannot get ready says why; its units will fail with that reason."""
+        if target is not None and target == self._prepared_for:
+            return
+        slots = list(self._programmers)
+        results = await asyncio.gather(*(self._programmers[slot].prepare(target)
+                                         for slot in slots), return_exceptions=True)
+        for slot, result in zip(slots, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("slot %s is not ready: %s", slot, result)
+        self._prepared_for = target
+
     async def _wait_until_ready(self) -> None:
         while await self.refresh():
             await self._wait_for_change()
@@ -195,6 +214,7 @@ class Station:
         plan = self._plan
         assert plan is not None
         runs = {slot: UnitRun(slot=slot, plan=plan) for slot in self._programmers}
+        turns = SerialTurns(list(runs))
         self._abort_code = None
         self._running = True
         self._idle.clear()
@@ -205,7 +225,7 @@ class Station:
             if await self._power_up(runs):
                 async with asyncio.TaskGroup() as group:
                     for slot, run in runs.items():
-                        group.create_task(self._slot_unit(run, self._programmers[slot]),
+                        group.create_task(self._slot_unit(run, self._programmers[slot], turns),
                                           name=f"unit-{slot}")
         finally:
             timer.cancel()
@@ -219,8 +239,12 @@ class Station:
                 await self._commit(run)
         finally:
             self._idle.set()
+        # Only after every record is stored: each slot's own lamp (X-out), then the common lamp,
+        # FAIL if any slot failed.
+        for slot, run in runs.items():
+            self._fixture.show_slot(slot, Lamp.PASS if run.passed else Lamp.FAIL)
         passed = all(run.passed for run in runs.values())
-        self._fixture.show(Lamp.PASS if passed else Lamp.FAIL)  # only after the records are stored
+        self._fixture.show(Lamp.PASS if passed else Lamp.FAIL)
         await self.refresh()
 
     async def _power_up(self, runs: dict[str, UnitRun]) -> bool:
@@ -238,10 +262,15 @@ class Station:
         await asyncio.sleep(self._limits.power_settle_s)
         return True
 
-    async def _slot_unit(self, run: UnitRun, programmer: Programmer) -> None:
+    async def _slot_unit(self, run: UnitRun, programmer: Programmer, turns: SerialTurns) -> None:
         """The supervising boundary of one slot: every exception becomes the unit's failure."""
+
+        async def take_serial(slot: str, chip_uid: str | None, digest: str) -> str | None:
+            return await turns.take(slot, lambda: self._jobs.take_serial(
+                slot=slot, chip_uid=chip_uid, manifest_digest=digest))
+
         try:
-            await program_unit(run, programmer, take_serial=self._take_serial)
+            await program_unit(run, programmer, take_serial=take_serial)
             self._raise_if_aborted(run)  # aborted after the last programmer call returned
         except UnitFailure as failure:
             run.fail(failure, aborted=self._abort_code is not None)
@@ -254,6 +283,7 @@ class Station:
             run.fail(UnitFailure(code=FailureCode.INTERNAL, stage=str(run.stage),
                                  detail=f"{type(exc).__name__}: {exc}"))
         finally:
+            turns.leave(run.slot)
             run.enter(Stage.DISCONNECT)
             try:
                 await programmer.disconnect()
@@ -263,9 +293,6 @@ class Station:
     def _raise_if_aborted(self, run: UnitRun) -> None:
         if self._abort_code is not None:
             raise UnitFailure(code=self._abort_code, stage=str(run.stage), detail="unit aborted")
-
-    async def _take_serial(self, slot: str, chip_uid: str | None, digest: str) -> str | None:
-        return await self._jobs.take_serial(slot=slot, chip_uid=chip_uid, manifest_digest=digest)
 
     async def _commit(self, run: UnitRun) -> None:
         records: list[UnitRecord] = []

@@ -38,9 +38,14 @@ def board_dir() -> Path | None:
 
 
 def set_timing(enabled: bool | None) -> None:
-    """Switch the real-chip timing model on or off for every board (``None``: environment)."""
+    """Switch the real-chip timing model on or off for every board (``None``: environment).
+
+    The environment variable is set too, so child processes (slot workers) agree.
+    """
     global _timing
     _timing = enabled
+    if enabled is not None:
+        os.environ[TIMING_ENV] = "1" if enabled else "0"
 
 
 def timing_enabled() -> bool:
