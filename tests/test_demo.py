@@ -45,3 +45,14 @@ def test_demo_without_workdir_prints_no_command_for_files_it_removes() -> None:
     assert "--db" not in result.stdout  # its database is gone when the demo exits
     assert "keep them with --workdir DIR" in result.stdout
     assert "serial SN-001000: PASS, routed to ship" in result.stdout  # the trace is still shown
+
+
+def test_demo_runs_a_four_slot_panel_end_to_end() -> None:
+    result = fixture_agent("demo", "--units", "4", "--slots", "4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    units = [line for line in result.stdout.splitlines() if line.startswith("unit ")]
+    assert sorted((line.split(" slot ")[1][0], line.split("serial ")[1][:9]) for line in units) == [
+        ("a", "SN-001000"), ("b", "SN-001001"), ("c", "SN-001002"), ("d", "SN-001003")]
+    assert all(": PASS in " in line for line in units)
+    assert "1 panel(s) of 4 slot(s)" in result.stdout
+    assert "WARNING" not in result.stderr  # workers start, serve and stop quietly

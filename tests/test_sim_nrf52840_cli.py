@@ -89,3 +89,12 @@ async def test_pyocd_command_line_round_trip(tmp_path: Path) -> None:
         f"savemem 0x40000 {len(mine)} {saved}",
     )
     assert saved.read_bytes() == mine
+
+
+def test_create_count_builds_a_panel_of_probes_pyocd_lists(tmp_path: Path) -> None:
+    root = tmp_path / "boards"
+    root.mkdir()
+    run(root, sys.executable, "-m", "agent", "sim", "nrf52840", "create", "--dir", str(root),
+        "--uid", "panel", "--count", "4")
+    listed = run(root, sys.executable, "-m", "pyocd", "list")
+    assert all(f"panel-{n}" in listed for n in range(1, 5))

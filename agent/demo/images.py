@@ -85,11 +85,49 @@ class ReleaseKey:
         return sign_set(json.dumps(manifest).encode(), self._signer)
 
 
+# A second product for UART (and USB-DFU) slots: an STM32F4 gateway. Sectors: 4 x 16 KiB from
+# 0x08000000, then 64 KiB at 0x08010000; each region and the valid flag get sectors of their own,
+# because an erase takes whole sectors.
+STM32_PRODUCT = "gateway"
+STM32_IMAGES = (
+    ("bootloader", "bootloader", 0x0800_0000, 8 * 1024, "2.0.0", "hsm:gw-release"),
+    ("filesystem", "filesystem", 0x0800_C000, 4 * 1024, "2.0.0", "hsm:gw-release"),
+    ("application", "application", 0x0801_0000, 16 * 1024, "2.0.0", "hsm:gw-release"),
+)
+
+
+def write_stm32_images(folder: Path) -> list[dict[str, Any]]:
+    """Write the gateway's images to ``folder``; returns their manifest entries."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name, role, address, size, version, key_ref in STM32_IMAGES:
+        data = image_bytes(f"gw-{name}", size)
+        path = folder / f"{name}.bin"
+        path.write_bytes(data)
+        entries.append({"name": name, "role": role, "address": address, "size": size,
+                        "sha256": hashlib.sha256(data).hexdigest(), "version": version,
+                        "url": path.resolve().as_uri(), "key_ref": key_ref})
+    return entries
+
+
+def stm32_manifest(images: list[dict[str, Any]], *, set_id: str = "gateway-2.0",
+                   sequence: int = 1) -> dict[str, Any]:
+    """A firmware-set manifest of the gateway (STM32F4 ROM bootloader), valid for a day."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    return {"schema": "fixture-agent/firmware-set@2", "set_id": set_id,
+            "product": STM32_PRODUCT, "sequence": sequence,
+            "not_before": (now - timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+            "expires": (now + timedelta(days=1)).isoformat().replace("+00:00", "Z"),
+            "target": {"family": "stm32f4", "bootloader": "stm32f4"}, "images": images,
+            "manufacturing": {"address": 0x0800_8000, "size": 1024},
+            "valid_flag": {"kind": "flash-word", "address": 0x0800_4000, "value": 0x600DF00D}}
+
+
 def demo_job(*, set_id: str, job_id: str, station: str, units: int,
-             first_serial: int = 1000) -> dict[str, Any]:
+             first_serial: int = 1000, product: str = PRODUCT) -> dict[str, Any]:
     """A job for ``units`` good units with room in the serial range for rework."""
     return {"schema": "fixture-agent/job@1", "job_id": job_id, "station": station,
-            "product": PRODUCT, "set_id": set_id,
+            "product": product, "set_id": set_id,
             "serials": {"prefix": "SN-", "first": first_serial,
                         "last": first_serial + 2 * units + 10, "width": 6},
             "quantity": units, "lock": False}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import sys
 import time
@@ -18,7 +19,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent.config import StationConfig, parse_config
-from agent.demo.images import ReleaseKey, demo_job, demo_manifest, write_images
+from agent.demo.images import (
+    ReleaseKey,
+    demo_job,
+    demo_manifest,
+    stm32_manifest,
+    write_images,
+    write_stm32_images,
+)
 from agent.plant.publish import publish_retained
 from agent.plant.recorder import Recorder
 from agent.plant.records import RecordStore, open_record_db
@@ -32,16 +40,36 @@ from agent.wire.topics import StationTopics
 ACK_WAIT_S = 60.0
 
 
-def demo_config(*, workdir: Path, broker_port: int, backend: str,
-                trust: dict[str, Any]) -> StationConfig:
-    """The embedded demo configuration with this run's broker, folders, backend and key."""
+# BCM pins free after the fixture's own, for the panel's per-slot PASS/FAIL lamps.
+FREE_PINS = (24, 25, 12, 16, 20, 21, 18, 19, 26, 4, 2, 3, 7, 8, 9, 10, 11, 14, 15, 0, 1)
+SLOT_NAMES = "abcdefghijklmnop"
+
+
+def demo_slots(*, backend: str, count: int, workdir: Path) -> list[dict[str, Any]]:
+    """A panel of ``count`` slots; each gets its own lamps while free pins last."""
+    slots = []
+    lamp_pins = iter(FREE_PINS)
+    for name in SLOT_NAMES[:count]:
+        slot: dict[str, Any] = {"name": name, "backend": backend}
+        if backend == "pyocd":
+            slot["probe"] = f"sim:demo-{name}"
+        elif backend == "stm32-uart":
+            slot |= {"port": str(workdir / f"tty-{name}"), "baud": 921600}
+        if count > 1 and (pins := list(itertools.islice(lamp_pins, 2))) and len(pins) == 2:
+            slot["lamp_pass"], slot["lamp_fail"] = pins
+        slots.append(slot)
+    return slots
+
+
+def demo_config(*, workdir: Path, broker_port: int, backend: str, trust: dict[str, Any],
+                slots: int = 1) -> StationConfig:
+    """The embedded demo configuration with this run's broker, folders, panel and key."""
     raw: dict[str, Any] = tomllib.loads(
         resources.files("agent.demo").joinpath("station.toml").read_text())
     raw["broker"]["port"] = broker_port
     raw["simulation"]["board_dir"] = str(workdir / "boards")
     raw["trust"] = trust
-    if backend == "sim-flash":
-        raw["slots"] = [{"name": "a", "backend": "sim-flash"}]
+    raw["slots"] = demo_slots(backend=backend, count=slots, workdir=workdir)
     return parse_config(raw, source="demo", base=workdir, state_dir=workdir / "station")
 
 
@@ -58,8 +86,9 @@ class Demo:
     """Runs one demo scenario and reports to ``out``."""
 
     def __init__(self, *, units: int, workdir: Path, backend: str, out: TextIO,
-                 kept: bool = True) -> None:
+                 kept: bool = True, slots: int = 1) -> None:
         self.units = units
+        self.slots = slots
         self.workdir = workdir
         self.kept = kept  # False: the run's files are removed when it ends
         self.backend = backend
@@ -81,6 +110,7 @@ class Demo:
         endpoint = BrokerEndpoint(host="127.0.0.1", port=broker.port)
         recorder = self._recorder = Recorder(endpoint=endpoint, store=RecordStore(db))
         config = demo_config(workdir=self.workdir, broker_port=broker.port, backend=self.backend,
+                             slots=self.slots,
                              trust=self._release_key.trust_section())
         hardware = await build_hardware(config)
         started: asyncio.Future[StationParts] = asyncio.get_running_loop().create_future()
@@ -113,22 +143,27 @@ class Demo:
         await asyncio.wait_for(parts.link.connected.wait(), 10)
         await asyncio.wait_for(self._recorder.connected.wait(), 10)
         topics = StationTopics(config.station.id)
-        manifest = demo_manifest(write_images(self.workdir / "images"),
-                                 uicr_flag=self.backend == "pyocd", set_id="sensor-node-2026.11",
-                                 sequence=7)
+        if self.backend == "stm32-uart":
+            manifest = stm32_manifest(write_stm32_images(self.workdir / "images"))
+        else:
+            manifest = demo_manifest(write_images(self.workdir / "images"),
+                                     uicr_flag=self.backend == "pyocd",
+                                     set_id="sensor-node-2026.11", sequence=7)
         signed = self._release_key.sign(manifest)
         await publish_retained(endpoint, topics.firmware_set, signed, client_id="plant-demo")
         self.say(f"firmware set {manifest['set_id']} (sequence {manifest['sequence']}, "
                  f"{len(manifest['images'])} images) signed by {self._release_key.key_id} "
                  "and published")
+        panels = -(-self.units // len(config.slots))  # whole panels: every slot, every cycle
         job = demo_job(set_id=manifest["set_id"], job_id=f"demo-{int(time.time())}",
-                       station=config.station.id, units=self.units)
+                       station=config.station.id, units=panels * len(config.slots),
+                       product=manifest["product"])
         await publish_retained(endpoint, topics.job, json.dumps(job).encode(),
                                client_id="plant-demo")
-        self.say(f"job {job['job_id']}: {self.units} x {job['product']} with firmware set "
-                 f"{job['set_id']}")
+        self.say(f"job {job['job_id']}: {job['quantity']} x {job['product']} with firmware set "
+                 f"{job['set_id']}, {panels} panel(s) of {len(config.slots)} slot(s)")
         t0 = time.monotonic()
-        await sim.operator.run(self.units)
+        await sim.operator.run(panels)
         elapsed = time.monotonic() - t0
         acknowledged = await self._wait_for_acks(parts)
         missing = await missing_sequences(db, config.station.id)
@@ -156,9 +191,11 @@ class Demo:
         return False
 
 
-def run_demo(*, units: int, workdir: Path, backend: str, kept: bool = True) -> int:
-    """Run the demo; 0 only when all ``units`` records were acknowledged without gaps."""
+def run_demo(*, units: int, workdir: Path, backend: str, kept: bool = True,
+             slots: int = 1) -> int:
+    """Run the demo; 0 only when all whole panels' records were acknowledged without gaps."""
     result = asyncio.run(Demo(units=units, workdir=workdir, backend=backend, out=sys.stdout,
-                              kept=kept).run())
-    ok = result.acknowledged and len(result.records) == units and not result.missing
+                              kept=kept, slots=slots).run())
+    expected = -(-units // slots) * slots
+    ok = result.acknowledged and len(result.records) == expected and not result.missing
     return 0 if ok else 1

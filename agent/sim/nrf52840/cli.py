@@ -18,11 +18,13 @@ def _board_dir(args: argparse.Namespace) -> Path:
 
 def _create(args: argparse.Namespace) -> int:
     root = _board_dir(args)
+    if args.count > 1 and args.device_id is not None:
+        raise SystemExit("--device-id names one board; leave it out with --count")
     device_id = None if args.device_id is None else int(args.device_id, 16)
-    created = boards.place_new_board(root, args.uid, device_id=device_id, locked=args.locked)
-    print(
-        f"sim:{args.uid} in {root}: new board DEVICEID {created:016x}" + " (locked)" * args.locked
-    )
+    uids = [args.uid] if args.count == 1 else [f"{args.uid}-{n}" for n in range(1, args.count + 1)]
+    for uid in uids:  # a panel: one probe per slot, one board under each
+        created = boards.place_new_board(root, uid, device_id=device_id, locked=args.locked)
+        print(f"sim:{uid} in {root}: new board DEVICEID {created:016x}" + " (locked)" * args.locked)
     return 0
 
 
@@ -46,6 +48,8 @@ def register(sim_subparsers: Any) -> None:
         "--dir", type=Path, help=f"board directory (default ${settings.BOARD_DIR_ENV})"
     )
     create.add_argument("--uid", default="0001", help="probe unique id (default 0001)")
+    create.add_argument("--count", type=int, default=1, metavar="N",
+                        help="a panel: N probes UID-1 .. UID-N, a board under each (default 1)")
     create.add_argument("--device-id", help="FICR DEVICEID as hex (default random)")
     create.add_argument("--locked", action="store_true", help="UICR.APPROTECT enabled")
     create.set_defaults(handler=_create)

@@ -76,6 +76,7 @@ class WorkerProgrammer:
         self._starting: asyncio.Task[_Worker] | None = None
         self._target: ConnectOptions | None = None  # what a restarted worker warms up for
         self._aborted = False
+        self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -151,9 +152,11 @@ class WorkerProgrammer:
         """Stop the worker (bounded), at station exit."""
         for task in list(self._tasks):
             task.cancel()
+        self._closed = True  # a worker that ends now is not lost: it was told to stop
         worker, self._worker = self._worker, None
         if worker is None:
             return
+        worker.alive = False
         with contextlib.suppress(ConnectionError, EOFError, OSError):
             await worker.channel.send(Stop())
         await asyncio.to_thread(worker.process.join, STOP_GRACE_S)
@@ -188,6 +191,8 @@ class WorkerProgrammer:
         return value
 
     async def _running(self) -> _Worker:
+        if self._closed:
+            raise WorkerCrashed(f"slot {self._slot.name}: the station is stopping")
         if self._worker is not None and self._worker.alive:
             return self._worker
         if self._starting is None or self._starting.done():
