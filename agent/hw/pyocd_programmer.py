@@ -60,6 +60,7 @@ UICR_CUSTOMER = range(0x10001080, 0x10001100)
 UICR_APPROTECT = 0x10001208
 APPROTECT_ENABLED = 0x00000000
 CTRL_AP_RESET = 0x000  # nRF CTRL-AP: write 1 then 0 for a system reset
+RESET_POST_DELAY_S = 0.005
 # Imported by prepare(), so that no first unit pays for (or races on) a first import.
 SESSION_MODULES = ("pyocd.core.session", "pyocd.core.helpers", "pyocd.flash.loader",
                    "pyocd.flash.eraser", "pyocd.target")
@@ -166,6 +167,12 @@ class _Link:
                 "keep_unwritten": True,
                 "hide_programming_progress": True,
                 "no_config": True,
+                # Programming never reads the peripheral descriptions (pyOCD loads the SVD file
+                # in a thread on every session open).
+                "load_svd": False,
+                # pyOCD sleeps this long after every reset, then polls DHCSR until the core
+                # answers anyway; 100 ms of margin per unit buys nothing on an nRF52.
+                "reset.post_delay": RESET_POST_DELAY_S,
                 "project_dir": os.getcwd(),  # pyOCD chdir()s to the project dir: keep it a no-op
             },
         )

@@ -204,9 +204,11 @@ class Station:
         events = (self._jobs.changed, self._outbox_changed, self._sets_changed)
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(e.wait()) for e in events]
         watched = [*waiters, also] if also is not None else waiters
-        await asyncio.wait(watched, timeout=RECHECK_S, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
+        try:
+            await asyncio.wait(watched, timeout=RECHECK_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the station is cancelled: no waiter outlives this call
+            for waiter in waiters:
+                waiter.cancel()
         for event in events:
             event.clear()  # refresh() re-reads everything, so no change is lost
 
