@@ -31,10 +31,10 @@ def run(script: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_marked_blocks_are_there() -> None:
-    assert set(blocks()) == {"walkthrough", "swd", "uart", "checks"}
+    assert set(blocks()) == {"walkthrough", "swd", "uart", "checks", "panel"}
 
 
-@pytest.mark.parametrize("name", ["swd", "uart"])
+@pytest.mark.parametrize("name", ["swd", "uart", "panel"])
 def test_block_runs_as_written(name: str) -> None:
     result = run(blocks()[name], timeout=300)
     assert result.returncode == 0, f"{name}:\n{result.stdout}\n{result.stderr}"
