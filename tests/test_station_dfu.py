@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.demo.images import image_bytes
+from agent.demo.images import image_bytes, stm32_manifest, write_stm32_images
 from agent.plant.trace import find_by_serial
 from agent.sim.broker import LocalBroker
 from agent.station import mfgdata
@@ -20,13 +20,17 @@ from tests.helpers import (
     running_station,
     station_config,
 )
-from tests.test_station_uart import stm32_manifest
 
 # Two boards on one hub, told apart by port; each slot drives its own BOOT0 and NRESET.
 SLOTS = [{"name": "left", "backend": "usb-dfu", "usb_path": "1-1.1", "boot0_pin": 20,
           "nreset_pin": 21},
          {"name": "right", "backend": "usb-dfu", "usb_path": "1-1.2", "boot0_pin": 24,
           "nreset_pin": 25}]
+
+
+def gateway_set(folder: Path) -> bytes:
+    """The demo gateway's set (STM32F4), signed by the test release key."""
+    return RELEASE.sign(stm32_manifest(write_stm32_images(folder / "images")))
 
 
 def boards(sim: Any) -> dict[str, Any]:
@@ -39,7 +43,7 @@ async def test_two_boards_are_programmed_verified_locked_and_recorded(
     topics = StationTopics("st-test")
     async with running_station(config) as (parts, sim):
         await eventually(parts.link.connected.is_set, what="link")
-        await publish(broker.port, topics.firmware_set, RELEASE.sign(stm32_manifest(tmp_path)))
+        await publish(broker.port, topics.firmware_set, gateway_set(tmp_path))
         await publish_job(broker.port, "st-test", job_payload(
             job_id="wo-dfu1", station="st-test", units=2, set_id="gateway-2.0",
             product="gateway", lock=True))
@@ -69,7 +73,7 @@ async def test_a_board_that_vanishes_fails_its_unit_as_probe_lost(
     topics = StationTopics("st-test")
     async with running_station(config) as (parts, sim):
         await eventually(parts.link.connected.is_set, what="link")
-        await publish(broker.port, topics.firmware_set, RELEASE.sign(stm32_manifest(tmp_path)))
+        await publish(broker.port, topics.firmware_set, gateway_set(tmp_path))
         await publish_job(broker.port, "st-test", job_payload(
             job_id="wo-dfu2", station="st-test", units=2, set_id="gateway-2.0",
             product="gateway"))
