@@ -50,7 +50,7 @@ KEY = ReleaseKey("bench-release")
 def station(workdir: Path, port: int, *, slots: int, mode: str, timing: bool) -> StationConfig:
     """A simulated station with a panel of ``slots`` pyOCD slots."""
     raw = {
-        "station": {"id": f"gang-{mode}-{slots}"},
+        "station": {"id": f"gang-{mode}-{'on' if timing else 'off'}-{slots}"},
         "broker": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.05,
                    "reconnect_max_s": 0.5},
         "fixture": {"backend": "sim", "pins": PINS, "clamp_settle_ms": 5, "power_settle_ms": 1,

@@ -107,6 +107,7 @@ class SimProbe(DebugProbe):  # type: ignore[misc]
         self._io = threading.Lock()
         self._board: _OpenBoard | None = None
         self._cut = False
+        self._batch_open = False  # transfers issued since the probe last answered
         self._protocol: DebugProbe.Protocol | None = None
 
     vendor_name = property(lambda self: "fixture-agent")
@@ -171,7 +172,15 @@ class SimProbe(DebugProbe):  # type: ignore[misc]
         return False
 
     def flush(self) -> None:
-        """Transfers are never queued."""
+        """Send what is queued: one USB round trip when anything was."""
+        self._round_trip()
+
+    def _round_trip(self) -> None:
+        """The host waits for the probe's answer to the transfers issued since the last one."""
+        board = self._board
+        if board is not None and self._batch_open:
+            self._batch_open = False
+            board.timing.round_trip()
 
     # --- DP/AP transfers -----------------------------------------------------------------------
 
@@ -189,27 +198,39 @@ class SimProbe(DebugProbe):  # type: ignore[misc]
                     self._cut = True
                     raise exceptions.ProbeDisconnected("simulated probe disconnected (injected)")
             board.timing.swd_accesses(words)
+            self._batch_open = True
             try:
                 return action(board)
             except ApFaultError as error:
                 board.dp.fault()
                 raise exceptions.TransferFaultError(str(error)) from None
 
-    @staticmethod
-    def _deferred(read: Callable[[], T], now: bool) -> T | Callable[[], T]:
-        """pyOCD reads with now=False want a callable; faults are raised from it."""
+    def _deferred(self, read: Callable[[], T], now: bool) -> T | Callable[[], T]:
+        """pyOCD reads with now=False want a callable; faults are raised from it.
+
+        A read answered now ends the batch with a round trip; deferred reads are answered
+        together, with one round trip when the first of them is taken.
+        """
         if now:
-            return read()
+            value = read()
+            self._round_trip()
+            return value
         try:
             value = read()
         except exceptions.TransferError as error:
             failure = error
 
             def raise_later() -> T:
+                self._round_trip()
                 raise failure
 
             return raise_later
-        return lambda: value
+
+        def answer() -> T:
+            self._round_trip()
+            return value
+
+        return answer
 
     def read_dp(self, addr: int, now: bool = True) -> Any:
         """Read a DP register."""

@@ -7,6 +7,11 @@ clocks at the probe's clock. With the model off (tests) everything is as fast as
 The link and the flash are modelled as two clocks that run in parallel, the way pyOCD overlaps
 loading the next page buffer with the algorithm programming the previous one: SWD transfers sleep
 when the link falls behind, and the CPU stays "running" until the flash work it started is done.
+
+The probe is a USB device: every batch of transfers whose answer the host waits for costs a USB
+round trip (``PROBE_ROUND_TRIP_S``, a high-speed probe: J-Link, ST-LINK/V3, CMSIS-DAP v2; a
+full-speed HID probe takes about 1 ms). Without it a host polling a busy part (pyOCD waiting for
+its flash algorithm) would spin at Python speed, burning a core a real station spends sleeping.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ PAGE_ERASE_TYPICAL_S = 0.021
 PAGE_ERASE_MAX_S = 0.085
 ERASE_ALL_S = 0.170
 SWD_CLOCKS_PER_ACCESS = 46
+PROBE_ROUND_TRIP_S = 250e-6
 _SLEEP_SLICE_S = 0.002  # sleeping costs ~60 us of overhead: only sleep once the debt is worth it
 
 
@@ -38,10 +44,16 @@ class TimingModel:
 
     def swd_accesses(self, count: int) -> None:
         """Account for ``count`` 32-bit SWD accesses, sleeping when the link falls behind."""
-        if not self.enabled:
-            return
+        if self.enabled:
+            self._charge(count * SWD_CLOCKS_PER_ACCESS / self.swd_hz)
+
+    def round_trip(self) -> None:
+        """Account for one USB round trip to the probe (the host waits for its answer)."""
+        if self.enabled:
+            self._charge(PROBE_ROUND_TRIP_S)
+
+    def _charge(self, cost: float) -> None:
         now = time.monotonic()
-        cost = count * SWD_CLOCKS_PER_ACCESS / self.swd_hz
         self._link_free_at = max(self._link_free_at, now) + cost
         behind = self._link_free_at - now
         if behind >= _SLEEP_SLICE_S:
