@@ -15,6 +15,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from agent.cli import main
 from agent.plant.pki import Authority, PkiError
 from agent.plant.pki_disconnect import disconnect
 from agent.wire.mqtt import BrokerEndpoint, CheckedClient, PublishRefused, make_client
@@ -157,8 +158,10 @@ async def test_a_revoked_station_still_connected_is_dropped_by_disconnect(
         plant.publish_crls()
         await eventually(lambda: refused(canary), what="the reloaded CRL")
         await connected.publish_checked(A.status, b"{}")  # mosquitto keeps it on after a reload
-        listener = plant.endpoint_with(None, None, plant=False)
-        await disconnect(listener, pki=plant.pki, name="st-a", now=dt.datetime.now(dt.UTC))
+        assert await asyncio.to_thread(main, [
+            "plant", "pki", "disconnect", "st-a", "--dir", str(plant.pki.root), "--broker",
+            f"mqtts://127.0.0.1:{plant.broker.port}", "--ca",
+            str(plant.pki.ca_cert_path("plant"))]) == 0
         with pytest.raises(aiomqtt.MqttError):
             await first_message(connected)  # what ends the iteration: the connection is gone
     assert await refused(station)

@@ -175,12 +175,13 @@ def test_the_command_line_from_init_to_list(tmp_path: Path) -> None:
     (["issue-plant", "st01"], "must be one of"),
     (["init"], "a CA key is never overwritten"),
     (["revoke", "nobody"], "no unrevoked certificate named 'nobody'"),
-    (["issue-station", "st02", "--days", "0"], "--days must be at least 1 day"),
+    (["issue-station", "st02", "--days", "0"], "--days must be 1 to 36500 days"),
+    (["broker", "--out", "{tmp}/tls", "--ip", "mqtt"], "'mqtt' is not an IP address"),
 ])
 def test_refusals_are_one_sentence(tmp_path: Path, args: list[str], says: str) -> None:
     pki = str(tmp_path / "pki")
     assert fixture_agent("init", "--dir", pki).returncode == 0
-    result = fixture_agent(*args, "--dir", pki)
+    result = fixture_agent(*(arg.format(tmp=tmp_path) for arg in args), "--dir", pki)
     assert result.returncode in (1, 2)
     (line,) = result.stderr.splitlines()
     assert says in line

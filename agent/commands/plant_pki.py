@@ -23,6 +23,7 @@ from agent.wire.mqtt import BrokerEndpoint
 
 STATION_DAYS, PLANT_DAYS, BROKER_DAYS, CA_DAYS, CRL_DAYS = 730, 365, 365, 3650, 30
 CRL_WARN_DAYS = 7
+MAX_DAYS = 36500
 
 
 def register(sub: Any) -> None:
@@ -96,8 +97,8 @@ def _now() -> dt.datetime:
 
 
 def _days(value: int, option: str) -> int:
-    if value < 1:
-        raise CommandLineError(f"{option} must be at least 1 day")
+    if not 1 <= value <= MAX_DAYS:
+        raise CommandLineError(f"{option} must be 1 to {MAX_DAYS} days")
     return value
 
 

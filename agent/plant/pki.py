@@ -131,7 +131,11 @@ class Authority:
                      now: dt.datetime) -> x509.Certificate:
         """The broker's TLS server certificate for those host names and addresses."""
         names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns]
-        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        for ip in ips:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(ip)))
+            except ValueError:
+                raise PkiError(f"{ip!r} is not an IP address") from None
         if not names:
             raise PkiError("a server certificate needs at least one --dns name or --ip address")
         return self._issue((list(dns) or list(ips))[0], key, not_after=not_after, now=now,
