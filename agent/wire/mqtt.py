@@ -121,7 +121,10 @@ class CheckedClient(aiomqtt.Client):
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
         # paho may close from the thread aiomqtt connects in: settle the futures on the loop.
-        self._loop.call_soon_threadsafe(self._fail_waiters, self._connected)
+        # It also closes when the client is collected, maybe after the loop has closed: then
+        # nothing waits any more.
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._fail_waiters, self._connected)
         super()._on_socket_close(client, userdata, sock)
 
     def _fail_waiters(self, connected: asyncio.Future[None]) -> None:
