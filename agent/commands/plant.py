@@ -30,7 +30,7 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 def register(subparsers: Any) -> None:
     """Add ``plant`` and its subcommands."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "plant", help="plant tools: release keys, sign, verify and publish firmware sets"
+        "plant", help="plant tools: release keys, firmware sets and jobs, the broker's PKI"
     )
     sub = parser.add_subparsers(dest="plant_command", required=True, metavar="TOOL")
     _add_keygen(sub)
