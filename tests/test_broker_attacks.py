@@ -129,8 +129,9 @@ async def test_a_refused_certificate_fails_the_connect_at_once_saying_why(
     with pytest.raises(aiomqtt.MqttError) as caught:
         async with make_client(endpoint, client_id="st-a"):
             pass
-    assert "closed the connection" in str(caught.value)  # not "Operation timed out", 10 s later
-    assert "unknown ca" in str(caught.value).lower()
+    # Not "Operation timed out" 10 s later. The TLS alert's text ("unknown ca") follows when the
+    # client reads the alert before the connection's reset discards it, which is not always.
+    assert str(caught.value).startswith("the broker closed the connection before accepting it")
 
 
 async def test_an_expired_crl_locks_every_station_out_until_refreshed(plant: SecurePlant) -> None:
