@@ -16,7 +16,6 @@ Routes (``NAME`` is a registered image):
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import ssl
 import threading
 from collections.abc import Iterator
@@ -25,73 +24,46 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agent.plant.pki import Authority, cert_pem, key_pem, new_key
 
 
 @dataclass
 class LoopbackCA:
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
+    """A CA made here with the product's certificate code (:mod:`agent.plant.pki`)."""
+
+    authority: Authority
 
     @classmethod
     def create(cls) -> LoopbackCA:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fixture-agent test CA")])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                         False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(key, cert)
+        return cls(Authority.create("fixture-agent test CA", days=1, now=dt.datetime.now(dt.UTC)))
 
     def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
+        return cert_pem(self.authority.cert)
 
     def issue(self, folder: Path, *, dns: list[str], ips: list[str]) -> tuple[Path, Path]:
         """A server certificate and key for those names, written as PEM files."""
-        names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-        names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-        return self._issue(folder, (dns or ips)[0], names, ExtendedKeyUsageOID.SERVER_AUTH)
+        key, now = new_key(), dt.datetime.now(dt.UTC)
+        cert = self.authority.issue_server(dns=dns, ips=ips, key=key.public_key(), now=now,
+                                           not_after=now + dt.timedelta(days=1))
+        return _write(folder, (dns or ips)[0], cert, key)
 
     def issue_client(self, folder: Path, common_name: str) -> tuple[Path, Path]:
         """A client certificate whose CN is the MQTT identity (use_identity_as_username)."""
-        return self._issue(folder, common_name, [x509.DNSName(common_name)],
-                           ExtendedKeyUsageOID.CLIENT_AUTH)
+        key, now = new_key(), dt.datetime.now(dt.UTC)
+        cert = self.authority.issue_client(common_name, key.public_key(), now=now,
+                                           not_after=now + dt.timedelta(days=1))
+        return _write(folder, common_name, cert, key)
 
-    def _issue(self, folder: Path, common_name: str, names: list[x509.GeneralName],
-               usage: x509.ObjectIdentifier) -> tuple[Path, Path]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self.cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        stem = common_name.replace(".", "_")
-        cert_path, key_path = folder / f"{stem}.crt", folder / f"{stem}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        return cert_path, key_path
+
+def _write(folder: Path, name: str, cert: x509.Certificate,
+           key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+    stem = name.replace(".", "_")
+    cert_path, key_path = folder / f"{stem}.crt", folder / f"{stem}.key"
+    cert_path.write_bytes(cert_pem(cert))
+    key_path.write_bytes(key_pem(key))
+    return cert_path, key_path
 
 
 @dataclass

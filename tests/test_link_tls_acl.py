@@ -1,4 +1,4 @@
-"""The station's identity on a TLS broker with per-station ACLs, as docs/mqtt.md prescribes.
+"""The station on the shipped TLS broker, its records refused by the ACL for a while.
 
 A station whose ACL does not let it write records gets PUBACK 0x87 (MQTT v5): it keeps the record,
 says so on its status, and delivers it once the ACL is fixed. Nothing is lost on the way.
@@ -15,68 +15,39 @@ from agent.config import parse_config
 from agent.plant.publish import publish_retained
 from agent.plant.recorder import Recorder
 from agent.plant.records import RecordStore, open_record_db
-from agent.sim.broker import LocalBroker
-from agent.wire.mqtt import BrokerEndpoint
 from agent.wire.topics import StationTopics
-from tests.firmware_https import LoopbackCA
 from tests.helpers import eventually, job_payload, running_station, signed_set, station_raw
+from tests.secure_broker import make_plant
 
-ACL = """\
-user plant-recorder
-topic read fixture/v1/station/+/records
-topic write fixture/v1/station/+/acks
-user plant-tools
-topic write fixture/v1/station/+/job
-topic write fixture/v1/station/+/firmware-set
-pattern read fixture/v1/station/%u/job
-pattern read fixture/v1/station/%u/acks
-pattern read fixture/v1/station/%u/firmware-set
-pattern read fixture/v1/station/%u/command
-pattern write fixture/v1/station/%u/status
-pattern write fixture/v1/station/%u/rejects
-"""
 RECORDS_LINE = "pattern write fixture/v1/station/%u/records\n"
 
 
 async def test_tls_identity_and_acl_refusal_keep_the_record_until_it_may_be_delivered(
         tmp_path: Path) -> None:
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    ca = LoopbackCA.create()
-    (pki / "ca.pem").write_bytes(ca.pem())
-    server_cert, server_key = ca.issue(pki, dns=["localhost"], ips=["127.0.0.1"])
-    acl = tmp_path / "acl"
-    acl.write_text(ACL)
-    broker = LocalBroker(tmp_path / "broker", extra_config=(
-        f"cafile {pki / 'ca.pem'}\ncertfile {server_cert}\nkeyfile {server_key}\n"
-        "require_certificate true\nuse_identity_as_username true\n"
-        f"use_username_as_clientid true\nacl_file {acl}\n"))
-    await broker.start()
-
-    def endpoint(name: str) -> BrokerEndpoint:
-        cert, key = ca.issue_client(pki, name)
-        return BrokerEndpoint(host="127.0.0.1", port=broker.port, ca=pki / "ca.pem", cert=cert,
-                              key=key)
-
-    station_tls = endpoint("st-test")
-    raw = station_raw(tmp_path, broker.port, slots=[{"name": "a", "backend": "sim-flash"}])
+    plant = make_plant(tmp_path / "plant")
+    acl = plant.broker.tls / "acl-stations"
+    shipped = acl.read_text()
+    acl.write_text(shipped.replace(RECORDS_LINE, ""))
+    await plant.broker.start()
+    station_tls = plant.endpoint("st-test")
+    raw = station_raw(tmp_path, plant.broker.port, slots=[{"name": "a", "backend": "sim-flash"}])
     raw["broker"]["tls"] = {"ca": str(station_tls.ca), "cert": str(station_tls.cert),
                             "key": str(station_tls.key)}
     config = parse_config(raw, source="test", base=tmp_path)
     db = await open_record_db(tmp_path / "records.db")
-    recorder = Recorder(endpoint=endpoint("plant-recorder"), store=RecordStore(db),
-                        client_id="plant-recorder")
+    recorder = Recorder(endpoint=plant.endpoint("plant-recorder-1"), store=RecordStore(db),
+                        client_id="plant-recorder-1")
     recorder_task = asyncio.create_task(recorder.run())
-    plant = endpoint("plant-tools")
+    tools = plant.endpoint("plant-tools")
     topics = StationTopics("st-test")
     try:
         async with running_station(config) as (parts, sim):
             await eventually(parts.link.connected.is_set, what="TLS link")
             await eventually(recorder.connected.is_set, what="recorder")
-            await publish_retained(plant, topics.firmware_set, signed_set(tmp_path),
+            await publish_retained(tools, topics.firmware_set, signed_set(tmp_path),
                                    client_id="plant-tools")
             job = job_payload(job_id="wo-tls", station="st-test", units=2)
-            await publish_retained(plant, topics.job, json.dumps(job).encode(),
+            await publish_retained(tools, topics.job, json.dumps(job).encode(),
                                    client_id="plant-tools")
             assert await sim.operator.cycle_one() == "pass"
             await eventually(lambda: "Not authorized" in (parts.status.snapshot().link_error
@@ -85,8 +56,8 @@ async def test_tls_identity_and_acl_refusal_keep_the_record_until_it_may_be_deli
             assert await parts.outbox.depth() == 1
             assert recorder.stored == 0
 
-            acl.write_text(ACL + RECORDS_LINE)
-            broker.reload()
+            acl.write_text(shipped)
+            plant.broker.reload()
             await eventually(lambda: _delivered(parts), what="delivered after the ACL fix")
             assert recorder.stored == 1
             assert parts.status.snapshot().link_error is None
@@ -95,7 +66,7 @@ async def test_tls_identity_and_acl_refusal_keep_the_record_until_it_may_be_deli
         with contextlib.suppress(asyncio.CancelledError):
             await recorder_task
         await db.close()
-        await broker.stop()
+        await plant.broker.stop()
 
 
 async def _delivered(parts: object) -> bool:

@@ -31,7 +31,7 @@ def run(script: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_marked_blocks_are_there() -> None:
-    assert set(blocks()) == {"walkthrough", "swd", "uart", "checks", "panel"}
+    assert set(blocks()) == {"walkthrough", "secure-broker", "swd", "uart", "checks", "panel"}
 
 
 @pytest.mark.parametrize("name", ["swd", "uart", "panel"])
@@ -72,3 +72,23 @@ until (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; do sleep 0.05; done
     assert "simulated operator: 5 units done; every record acknowledged by the plant" in out
     assert "serial SN-001000: PASS, routed to ship" in out  # the trace
     assert re.search(r"demo-st01\s+offline\s+sensor-node\s+sensor-node-lab\.1\s+active", out), out
+
+
+def test_securing_the_plant_broker_runs_as_written() -> None:
+    """In its own network namespace (the shipped ports 8883 and 8884 are free there) and PID
+    namespace (whatever the block leaves running ends with it)."""
+    unshare = shutil.which("unshare")
+    assert unshare is not None, "unshare (util-linux) is needed"
+    script = f"ip link set lo up\n{blocks()['secure-broker']}"
+    result = subprocess.run([unshare, "--user", "--map-root-user", "--net", "--pid", "--fork",
+                             "--", "bash", "-euo", "pipefail", "-c", script], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300, check=False)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    units = [line for line in out.splitlines() if " unit slot a serial " in line]
+    assert len(units) == 3, out
+    assert all(": PASS in " in line for line in units)
+    assert "simulated operator: 3 units done; every record acknowledged by the plant" in out
+    assert "serial SN-002000: PASS, routed to ship" in out  # the trace
+    assert "refused, as it should be" in out
+    assert "broker refused publish to fixture/v1/station/demo-st01/job" in result.stderr

@@ -8,6 +8,7 @@ Every command that talks to a broker takes it the same way: ``--broker`` as ``HO
 from __future__ import annotations
 
 import argparse
+import secrets
 from pathlib import Path
 
 from agent.errors import AgentError
@@ -18,8 +19,16 @@ class CommandLineError(AgentError):
     """The command line asks for something unusable; printed as one sentence, exit code 2."""
 
 
-def add_broker_options(parser: argparse.ArgumentParser, *, client_id: str) -> None:
-    """--broker, TLS files and --client-id, with their defaults shown in --help."""
+def add_broker_options(parser: argparse.ArgumentParser, *, client_id: str,
+                       per_run: bool = False) -> None:
+    """--broker, TLS files and --client-id, with their defaults shown in --help.
+
+    ``per_run`` gives a short-lived tool a fresh client id each run (``client_id`` plus a random
+    suffix): a broker closes the older of two connections with one id, so two tools started
+    together must not share one. A service with a persistent session keeps a fixed id.
+    """
+    if per_run:
+        client_id = f"{client_id}-{secrets.token_hex(3)}"
     group = parser.add_argument_group("broker")
     group.add_argument("--broker", default=DEFAULT_BROKER, metavar="ADDRESS",
                        help="HOST:PORT, mqtt://HOST[:PORT] or mqtts://HOST[:PORT] "
@@ -29,7 +38,9 @@ def add_broker_options(parser: argparse.ArgumentParser, *, client_id: str) -> No
     group.add_argument("--cert", type=Path, help="client certificate (PEM), with --key")
     group.add_argument("--key", type=Path, help="client key (PEM), with --cert")
     group.add_argument("--client-id", default=client_id,
-                       help="MQTT client id (default: %(default)s)")
+                       help="MQTT client id (default: %(default)s"
+                            + (", new each run" if per_run else "")
+                            + "; with a client certificate the broker may use its name instead)")
 
 
 def endpoint_from(args: argparse.Namespace) -> BrokerEndpoint:

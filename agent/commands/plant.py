@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.commands import plant_publish
+from agent.commands import plant_pki, plant_publish
 from agent.errors import AgentError, BadMessage, ConfigError, FirmwareSetError
 from agent.firmware.antirollback import AntiRollbackStore
 from agent.firmware.crypto import ALGORITHMS
@@ -30,13 +30,14 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 def register(subparsers: Any) -> None:
     """Add ``plant`` and its subcommands."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "plant", help="plant tools: release keys, sign, verify and publish firmware sets"
+        "plant", help="plant tools: release keys, firmware sets and jobs, the broker's PKI"
     )
     sub = parser.add_subparsers(dest="plant_command", required=True, metavar="TOOL")
     _add_keygen(sub)
     _add_sign(sub)
     _add_verify(sub)
     plant_publish.register(sub)
+    plant_pki.register(sub)
 
 
 def _add_token_options(parser: argparse.ArgumentParser) -> None:

@@ -39,7 +39,7 @@ def _add_publish_set(sub: Any) -> None:
     target.add_argument("--group", help="a group of stations ([broker] group in their config)")
     parser.add_argument("--trust-store", type=Path, required=True,
                         help="verify with the stations' trust store before publishing")
-    add_broker_options(parser, client_id="plant-firmware")
+    add_broker_options(parser, client_id="plant-firmware", per_run=True)
     parser.set_defaults(handler=publish_set_command, at=None, state=None)
 
 
@@ -65,7 +65,7 @@ def _add_publish_job(sub: Any) -> None:
     flags.add_argument("--lock", action="store_true", help="lock each part after it passed")
     flags.add_argument("--recover-locked", action="store_true",
                        help="mass-erase locked parts to regain access (recorded per unit)")
-    add_broker_options(parser, client_id="plant-jobs")
+    add_broker_options(parser, client_id="plant-jobs", per_run=True)
     parser.set_defaults(handler=publish_job_command)
 
 
@@ -73,7 +73,7 @@ def _add_status(sub: Any) -> None:
     parser = sub.add_parser("rollout-status", help="which station has which set in which state")
     parser.add_argument("--quiet", type=float, default=1.0, metavar="S",
                         help="stop after S seconds without another station (default: 1)")
-    add_broker_options(parser, client_id="plant-firmware")
+    add_broker_options(parser, client_id="plant-firmware", per_run=True)
     parser.set_defaults(handler=rollout_status_command)
 
 

@@ -51,24 +51,29 @@ class LocalBroker:
         """The configuration file this broker runs with."""
         return self.workdir / "mosquitto.conf"
 
+    def config_text(self) -> str:
+        """What the configuration file says (a subclass may run another configuration)."""
+        return (f"listener {self.port} 127.0.0.1\n"
+                f"persistence true\npersistence_location {self.workdir}/\n"
+                f"log_dest file {self.workdir}/mosquitto.log\n"
+                # started as root, mosquitto would drop to user "mosquitto", who cannot read
+                # this run's private folder (ACL, certificates, log): keep the invoking user
+                f"user {getpass.getuser()}\n"
+                f"{self.extra_config}")
+
     async def start(self) -> None:
         """Start mosquitto and wait until it accepts connections."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            f"persistence true\npersistence_location {self.workdir}/\n"
-            f"log_dest file {self.workdir}/mosquitto.log\n"
-            # started as root, mosquitto would drop to user "mosquitto", who cannot read this
-            # run's private folder (ACL, certificates, log): keep the invoking user
-            f"user {getpass.getuser()}\n"
-            f"{self.extra_config}")
-        self._process = subprocess.Popen(  # noqa: ASYNC220 (returns at once; waits are async)
-            [find_mosquitto(), "-c", str(self.config_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.config_path.write_text(self.config_text())
+        output = self.workdir / "mosquitto.out"  # a configuration may log to stderr
+        with output.open("ab") as sink:
+            self._process = subprocess.Popen(  # noqa: ASYNC220 (returns at once; waits are async)
+                [find_mosquitto(), "-c", str(self.config_path)],
+                stdout=sink, stderr=subprocess.STDOUT)
         for _ in range(200):
             if self._process.poll() is not None:
-                log = (self.workdir / "mosquitto.log")
-                detail = log.read_text()[-2000:] if log.exists() else ""
+                detail = "".join(path.read_text()[-2000:] for path in
+                                 (self.workdir / "mosquitto.log", output) if path.exists())
                 raise RuntimeError(f"mosquitto exited with {self._process.returncode}: {detail}")
             with contextlib.suppress(OSError):
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.client import MQTT_LOG_ERR
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -100,11 +101,42 @@ class BrokerEndpoint:
 
 
 class CheckedClient(aiomqtt.Client):
-    """An aiomqtt client whose QoS 1 publishes report the broker's reason code."""
+    """An aiomqtt client whose QoS 1 publishes report the broker's reason code.
+
+    When the broker closes the connection, a connect still waiting for its CONNACK and every
+    publish still waiting for its PUBACK fail at once, saying why (a TLS alert such as an unknown
+    CA or a revoked certificate, a packet above the broker's maximum): aiomqtt ignores the close
+    and lets them run into their timeouts ("Operation timed out").
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reasons: dict[int, asyncio.Future[Any]] = {}
+        self._last_error: str | None = None
+        self._client.on_log = self._remember_error
+
+    def _remember_error(self, client: Any, userdata: Any, level: int, text: str) -> None:
+        if level == MQTT_LOG_ERR:  # e.g. "failed to receive on socket: [SSL: ...] ..."
+            self._last_error = text
+
+    def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
+        # paho may close from the thread aiomqtt connects in: settle the futures on the loop.
+        # It also closes when the client is collected, maybe after the loop has closed: then
+        # nothing waits any more.
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._fail_waiters, self._connected)
+        super()._on_socket_close(client, userdata, sock)
+
+    def _fail_waiters(self, connected: asyncio.Future[None]) -> None:
+        detail = f": {self._last_error}" if self._last_error else ""
+        # A connect only while __aenter__ waits for this very CONNACK (it holds the lock).
+        if connected is self._connected and not connected.done() and self._lock.locked():
+            connected.set_exception(aiomqtt.MqttError(
+                f"the broker closed the connection before accepting it{detail}"))
+        for waiter in self._reasons.values():
+            if not waiter.done():
+                waiter.set_exception(aiomqtt.MqttError(
+                    f"the broker closed the connection before acknowledging{detail}"))
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
