@@ -286,6 +286,7 @@ async def run_until_signalled(config: StationConfig, *, operator_units: int | No
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_stop)
+    loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
     with contextlib.suppress(asyncio.CancelledError):
         hardware = await build_hardware(config)
 
@@ -310,6 +311,20 @@ async def run_until_signalled(config: StationConfig, *, operator_units: int | No
                                                 name="simulated-operator"))
 
         await serve(config, hardware, started=started)
+
+
+def _log_tasks() -> None:
+    """SIGUSR1: log what every task of the station is waiting for (a station that seems stuck)."""
+    for task in asyncio.all_tasks():
+        chain: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(chain) < 32:  # follow the awaits to the innermost
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        log.warning("task %s%s: %s", task.get_name(), " (cancelling)" * bool(task.cancelling()),
+                    " -> ".join(chain) or "not started")
 
 
 async def _wait_until_acknowledged(outbox: Outbox, timeout_s: float) -> int:

@@ -8,6 +8,8 @@ reason code per message id and :meth:`CheckedClient.publish_checked` raises on a
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import random
 import ssl
 from dataclasses import dataclass
@@ -137,6 +139,30 @@ class CheckedClient(aiomqtt.Client):
             if not waiter.done():
                 waiter.set_exception(aiomqtt.MqttError(
                     f"the broker closed the connection before acknowledging{detail}"))
+
+    async def _wait_for(self, fut: Any, timeout: float | None) -> Any:
+        """aiomqtt's wait for a CONNACK, SUBACK or disconnect, without losing a cancel.
+
+        aiomqtt uses asyncio.wait_for, which in Python 3.11 returns the reply when it arrives in
+        the same loop iteration as a cancel, and the cancel is gone: a station told to stop just
+        as a SUBACK arrived went on serving, and its shutdown waited forever. asyncio.timeout
+        (what wait_for became in 3.12) delivers the cancel whatever else completed.
+        """
+        limit = self.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(None if limit == math.inf else limit):
+                return await fut
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any,
+                      properties: Any = None) -> None:
+        # A SUBACK for a subscribe that was abandoned (its task cancelled, e.g. a station told
+        # to stop) is expected, not an error: aiomqtt would log it with a traceback.
+        if mid not in self._pending_subscribes:
+            logging.getLogger(__name__).debug("SUBACK %d for an abandoned subscribe", mid)
+            return
+        super()._on_subscribe(client, userdata, mid, reason_codes, properties)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
