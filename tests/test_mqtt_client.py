@@ -42,7 +42,7 @@ async def test_a_cancel_that_meets_a_reply_is_not_swallowed() -> None:
         await waiting
 
 
-def test_a_late_suback_for_an_abandoned_subscribe_is_not_an_error(
+async def test_a_late_suback_for_an_abandoned_subscribe_is_not_an_error(
         caplog: pytest.LogCaptureFixture) -> None:
     client = make_client(BrokerEndpoint(host="127.0.0.1", port=1), client_id="t")
     with caplog.at_level(logging.DEBUG):
