@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,3 +110,29 @@ async def recorder(tmp_path: Path, broker: LocalBroker) -> AsyncIterator[PlantRe
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await db.close()
+
+
+NRF_PROBE = "t1"  # the simulated probe the pyOCD backend tests use
+
+
+@pytest.fixture
+def boards(tmp_path: Path) -> Iterator[Path]:
+    """A board directory for virtual nRF52840s, process-wide for the test."""
+    from agent.sim.nrf52840 import set_board_dir
+
+    root = tmp_path / "boards"
+    set_board_dir(root)
+    yield root
+    set_board_dir(None)
+    os.environ.pop("FIXTURE_AGENT_SIM_DIR", None)
+
+
+@pytest.fixture
+async def programmer(boards: Path) -> AsyncIterator[Any]:
+    """The real pyOCD backend on the simulated probe ``sim:t1``."""
+    from agent.hw.pyocd_programmer import PyOcdProgrammer
+
+    prog = PyOcdProgrammer(probe_id=f"sim:{NRF_PROBE}")
+    yield prog
+    await prog.disconnect()
+    prog.shutdown()

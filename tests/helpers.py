@@ -13,6 +13,7 @@ from agent.config import StationConfig, parse_config
 from agent.demo.images import ReleaseKey, demo_job, demo_manifest, write_images
 from agent.plant.publish import publish_retained
 from agent.station.app import StationParts, build_hardware, serve
+from agent.wire.messages import UnitRecord
 from agent.wire.mqtt import BrokerEndpoint
 from agent.wire.topics import StationTopics
 
@@ -92,6 +93,19 @@ async def running_station(config: StationConfig) -> AsyncIterator[tuple[StationP
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def taking_boards(parts: StationParts, port: int, workdir: Path, *, job_id: str,
+                        units: int, station: str = "st-test") -> list[UnitRecord]:
+    """Link up, the signed demo set and a job published, the station taking boards; returns the
+    list every record the station stores is appended to."""
+    await eventually(parts.link.connected.is_set, what="station link")
+    await start_job(port, station, workdir, job_id=job_id, units=units)
+    await eventually(lambda: parts.status.accepting_units, timeout=120,
+                     what="the station taking boards")
+    records: list[UnitRecord] = []
+    parts.station.record_listeners.append(records.append)
+    return records
 
 
 async def eventually(predicate: Callable[[], Any], *, timeout: float = 20.0,

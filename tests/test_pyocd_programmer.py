@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,31 +29,14 @@ from agent.sim.nrf52840 import (
     inject_stuck_word,
     place_new_board,
     read_board_memory,
-    set_board_dir,
 )
 from agent.sim.nrf52840.power import switch_power
+from tests.conftest import NRF_PROBE
 
-UID = "t1"
+UID = NRF_PROBE
 NRF = ConnectOptions(target="nrf52840")
 FLAG = ValidFlag(kind="uicr", address=0x10001080, value=0x600DF00D)
 APPROTECT = 0x10001208
-
-
-@pytest.fixture
-def boards(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "boards"
-    set_board_dir(root)
-    yield root
-    set_board_dir(None)
-    os.environ.pop("FIXTURE_AGENT_SIM_DIR", None)
-
-
-@pytest.fixture
-async def programmer(boards: Path) -> AsyncIterator[PyOcdProgrammer]:
-    prog = PyOcdProgrammer(probe_id=f"sim:{UID}")
-    yield prog
-    await prog.disconnect()
-    prog.shutdown()
 
 
 def images() -> list[tuple[Region, bytes]]:

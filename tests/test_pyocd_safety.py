@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,31 +16,15 @@ import pytest
 from agent.errors import FailureCode, ProgrammerAborted, ProgrammerError, TargetLocked
 from agent.hw.programmer import ConnectOptions, Region
 from agent.hw.pyocd_programmer import PyOcdProgrammer
-from agent.sim.nrf52840 import place_new_board, read_board_memory, set_board_dir
+from agent.sim.nrf52840 import place_new_board, read_board_memory
 from agent.sim.nrf52840.boards import current_board_dir, set_close_ignored, update_board
 from agent.sim.nrf52840.power import flash_bytes_read, switch_power
+from tests.conftest import NRF_PROBE
 from tests.test_pyocd_programmer import images, program_unit
 
-UID = "safe1"
+UID = NRF_PROBE
 NRF = ConnectOptions(target="nrf52840")
 BIG = Region("application", 0x10000, 256 * 1024)
-
-
-@pytest.fixture
-def boards(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "boards"
-    set_board_dir(root)
-    yield root
-    set_board_dir(None)
-    os.environ.pop("FIXTURE_AGENT_SIM_DIR", None)
-
-
-@pytest.fixture
-async def programmer(boards: Path) -> AsyncIterator[PyOcdProgrammer]:
-    prog = PyOcdProgrammer(probe_id=f"sim:{UID}")
-    yield prog
-    await prog.disconnect()
-    prog.shutdown()
 
 
 async def test_an_aborted_write_fails_even_when_the_probe_lets_it_finish(

@@ -9,7 +9,7 @@ import pytest
 from agent.sim.broker import LocalBroker
 from agent.sim.nrf52840.boards import place_new_board
 from tests.conftest import PlantRecorder
-from tests.helpers import eventually, running_station, start_job, station_config
+from tests.helpers import running_station, station_config, taking_boards
 
 
 @pytest.mark.parametrize(("device_id", "says"), [(0, "is all 0x00"),
@@ -19,11 +19,8 @@ async def test_a_part_that_answers_nothing_real_fails_uid_invalid_and_keeps_the_
         says: str) -> None:
     config = station_config(tmp_path, broker.port)  # pyOCD on a virtual nRF52840
     async with running_station(config) as (parts, sim):
-        await eventually(parts.link.connected.is_set, what="link")
-        await start_job(broker.port, "st-test", tmp_path, job_id="wo-uid", units=2)
-        await eventually(lambda: parts.status.accepting_units, what="accepting units")
-        records = []
-        parts.station.record_listeners.append(records.append)
+        records = await taking_boards(parts, broker.port, tmp_path, job_id="wo-uid",
+                                      units=2)
         bay = sim.bays["a"]
         place_new_board(bay.board_dir, bay.probe_uid, device_id=device_id)
         assert await sim.operator.cycle_one(place=False) == "fail"
@@ -41,11 +38,8 @@ async def test_a_chip_id_of_the_wrong_length_fails_uid_invalid(
         tmp_path: Path, broker: LocalBroker) -> None:
     config = station_config(tmp_path, broker.port, slots=[{"name": "a", "backend": "sim-flash"}])
     async with running_station(config) as (parts, sim):
-        await eventually(parts.link.connected.is_set, what="link")
-        await start_job(broker.port, "st-test", tmp_path, job_id="wo-uid2", units=1)
-        await eventually(lambda: parts.status.accepting_units, what="accepting units")
-        records = []
-        parts.station.record_listeners.append(records.append)
+        records = await taking_boards(parts, broker.port, tmp_path, job_id="wo-uid2",
+                                      units=1)
         sim.bays["a"].place_new_board(uid=bytes.fromhex("0102030405"))
         assert await sim.operator.cycle_one(place=False) == "fail"
         assert records[0].failure.code == "uid_invalid"

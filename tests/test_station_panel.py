@@ -15,13 +15,13 @@ from typing import Any
 
 from agent.sim.broker import LocalBroker
 from agent.sim.nrf52840.boards import inject_stuck_word, place_new_board
-from agent.wire.messages import UnitRecord
 from tests.conftest import PlantRecorder
 from tests.helpers import (
     eventually,
     running_station,
     start_job,
     station_config,
+    taking_boards,
     write_station_toml,
 )
 
@@ -54,11 +54,8 @@ async def test_a_panel_ships_its_good_boards_and_routes_the_bad_one_in_slot_orde
         tmp_path: Path, broker: LocalBroker, recorder: PlantRecorder) -> None:
     config = station_config(tmp_path, broker.port, slots=pyocd_slots("abcd", lamps=True))
     async with running_station(config) as (parts, sim):
-        await eventually(parts.link.connected.is_set, what="link")
-        await start_job(broker.port, "st-test", tmp_path, job_id="wo-panel", units=8)
-        await eventually(lambda: parts.status.accepting_units, timeout=60, what="ready")
-        records: list[UnitRecord] = []
-        parts.station.record_listeners.append(records.append)
+        records = await taking_boards(parts, broker.port, tmp_path, job_id="wo-panel",
+                                      units=8)
         for name in "abcd":
             bay = sim.bays[name]
             place_new_board(bay.board_dir, bay.probe_uid)
@@ -82,11 +79,8 @@ async def test_a_worker_killed_mid_unit_fails_only_its_slot_and_the_next_panel_p
     config = raw_config.model_copy(update={"simulation": raw_config.simulation.model_copy(
         update={"timing": True})})  # real flash time: the kill lands while b programs
     async with running_station(config) as (parts, sim):
-        await eventually(parts.link.connected.is_set, what="link")
-        await start_job(broker.port, "st-test", tmp_path, job_id="wo-kill1", units=4)
-        await eventually(lambda: parts.status.accepting_units, timeout=60, what="ready")
-        records: list[UnitRecord] = []
-        parts.station.record_listeners.append(records.append)
+        records = await taking_boards(parts, broker.port, tmp_path, job_id="wo-kill1",
+                                      units=4)
         first = asyncio.create_task(sim.operator.cycle_one())
         await eventually(sim.operator.dut_powered, what="power on")
         await asyncio.sleep(0.5)
@@ -108,11 +102,8 @@ async def test_mixed_backends_share_a_panel(tmp_path: Path, broker: LocalBroker)
     slots = [*pyocd_slots("a"), {"name": "b", "backend": "sim-flash"}]  # a worker, in-process
     config = station_config(tmp_path, broker.port, slots=slots)
     async with running_station(config) as (parts, sim):
-        await eventually(parts.link.connected.is_set, what="link")
-        await start_job(broker.port, "st-test", tmp_path, job_id="wo-mixed", units=4)
-        await eventually(lambda: parts.status.accepting_units, timeout=60, what="ready")
-        records: list[UnitRecord] = []
-        parts.station.record_listeners.append(records.append)
+        records = await taking_boards(parts, broker.port, tmp_path, job_id="wo-mixed",
+                                      units=4)
         assert await sim.operator.run(2) == ["pass", "pass"]
     assert sorted((r.slot, r.serial) for r in records) == [
         ("a", "SN-001000"), ("a", "SN-001002"), ("b", "SN-001001"), ("b", "SN-001003")]

@@ -39,18 +39,24 @@ def write_images(folder: Path, *, variant: str = "") -> list[dict[str, Any]]:
 
     ``variant`` changes the application's content and version (a second release of the set).
     """
-    folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for name, role, address, size, version, key_ref in DEMO_IMAGES:
         if variant and role == "application":
             version = f"{version}+{variant}"
         data = image_bytes(f"{name}{variant if role == 'application' else ''}", size)
-        path = folder / f"{name}-{version}.bin"
-        path.write_bytes(data)
-        entries.append({"name": name, "role": role, "address": address, "size": size,
-                        "sha256": hashlib.sha256(data).hexdigest(), "version": version,
-                        "url": path.resolve().as_uri(), "key_ref": key_ref})
+        entries.append(_image_file(folder / f"{name}-{version}.bin", data, name=name, role=role,
+                                   address=address, version=version, key_ref=key_ref))
     return entries
+
+
+def _image_file(path: Path, data: bytes, *, name: str, role: str, address: int, version: str,
+                key_ref: str) -> dict[str, Any]:
+    """Write one image and describe it as a manifest entry (a file:// URL)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {"name": name, "role": role, "address": address, "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "version": version,
+            "url": path.resolve().as_uri(), "key_ref": key_ref}
 
 
 def demo_manifest(images: list[dict[str, Any]], *, uicr_flag: bool, set_id: str,
@@ -98,16 +104,9 @@ STM32_IMAGES = (
 
 def write_stm32_images(folder: Path) -> list[dict[str, Any]]:
     """Write the gateway's images to ``folder``; returns their manifest entries."""
-    folder.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for name, role, address, size, version, key_ref in STM32_IMAGES:
-        data = image_bytes(f"gw-{name}", size)
-        path = folder / f"{name}.bin"
-        path.write_bytes(data)
-        entries.append({"name": name, "role": role, "address": address, "size": size,
-                        "sha256": hashlib.sha256(data).hexdigest(), "version": version,
-                        "url": path.resolve().as_uri(), "key_ref": key_ref})
-    return entries
+    return [_image_file(folder / f"{name}.bin", image_bytes(f"gw-{name}", size), name=name,
+                        role=role, address=address, version=version, key_ref=key_ref)
+            for name, role, address, size, version, key_ref in STM32_IMAGES]
 
 
 def stm32_manifest(images: list[dict[str, Any]], *, set_id: str = "gateway-2.0",
