@@ -11,42 +11,23 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import Field, model_validator
 
-MAX_IMAGE_BYTES = 64 * 1024 * 1024
+from agent.wire.factory_layout import FactoryField, ManufacturingSpec
+from agent.wire.messages_base import (
+    MAX_IMAGE_BYTES,
+    ROLE_ORDER,
+    Address,
+    Ident,
+    ImageRole,
+    Sha256Hex,
+    Text,
+    Wire,
+    Word,
+)
 
-
-def _int_or_hex(value: object) -> object:
-    """Addresses may be written as integers or as "0x..." strings (manifests are read by people)."""
-    if isinstance(value, str) and value.lower().startswith("0x"):
-        try:
-            return int(value, 16)
-        except ValueError:
-            return value
-    return value
-
-
-# What the JSON may hold for a 32-bit address or word: the schema says so for other languages.
-_U32_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 0xFFFF_FFFF},
-                         {"type": "string", "pattern": "^0[xX][0-9a-fA-F]{1,8}$"}]}
-Address = Annotated[int, BeforeValidator(_int_or_hex), Field(ge=0, le=0xFFFF_FFFF),
-                    WithJsonSchema(_U32_SCHEMA)]
-Word = Annotated[int, BeforeValidator(_int_or_hex), Field(ge=0, le=0xFFFF_FFFF),
-                 WithJsonSchema(_U32_SCHEMA)]
-Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
-Text = Annotated[str, Field(min_length=1, max_length=200)]
-ImageRole = Literal["bootloader", "application", "filesystem", "manufacturing"]
-
-ROLE_ORDER: dict[str, int] = {
-    "bootloader": 0, "application": 1, "filesystem": 2, "manufacturing": 3,
-}
-
-
-class Wire(BaseModel):
-    """Base of every wire model: frozen, no unknown keys, no silent type coercion."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+__all__ = ["MAX_IMAGE_BYTES", "ROLE_ORDER", "Address", "FactoryField", "Ident", "ImageRole",
+           "ManufacturingSpec", "Sha256Hex", "Text", "Wire", "Word"]
 
 
 class ImageSpec(Wire):
@@ -66,13 +47,6 @@ class ImageSpec(Wire):
         if self.address + self.size > 0x1_0000_0000:
             raise ValueError(f"image {self.name} runs past the 32-bit address space")
         return self
-
-
-class ManufacturingSpec(Wire):
-    """The per-unit manufacturing partition the station generates for every unit."""
-
-    address: Address
-    size: Annotated[int, Field(ge=64, le=64 * 1024)]
 
 
 class ValidFlagSpec(Wire):
