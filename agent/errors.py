@@ -29,6 +29,8 @@ class FailureCode(StrEnum):
     ABORTED = "aborted"
     SERIALS_EXHAUSTED = "serials_exhausted"
     UID_INVALID = "uid_invalid"
+    SIGNING_REFUSED = "signing_refused"
+    SIGNER_UNREACHABLE = "signer_unreachable"
     WORKER_CRASHED = "worker_crashed"
     STATION_RESTART = "station_restart"
     INTERNAL = "internal_error"

@@ -167,6 +167,8 @@ class ImageResult(Wire):
     size: int
     sha256: str
     key_ref: str
+    signature_id: str | None = Field(None, description="the plant signing service's id of "
+                                                       "the signature (manufacturing only)")
     readback_sha256: str | None = None
     verified: bool = False
 
@@ -265,6 +267,8 @@ class StationStatus(Wire):
     outbox_depth: int = 0
     last_seq: int = 0
     link_error: str | None = None
+    signing_error: str | None = Field(None, description="why the last unit got no signed "
+                                                        "factory data (cleared on success)")
     rollout: dict[str, Any] | None = None
     agent_version: str = ""
     at: datetime | None = None

@@ -1,0 +1,64 @@
+"""The station's side of the plant signing service: ask, with the station's own certificate.
+
+The station holds no signing key. It sends the digest of a unit's factory data, bound to job,
+serial and chip uid, and gets back a signature, the key reference and a signature id. A refusal
+becomes the unit's ``signing_refused`` failure, a service that cannot be reached (or answers
+nonsense) within ``timeout_s`` its ``signer_unreachable`` failure; either way nothing is written.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import httpx
+from pydantic import ValidationError
+
+from agent.errors import FailureCode, UnitFailure
+from agent.wire.signing import SIGN_PATH, SignRefusal, SignRequest, SignResponse
+
+
+def client_tls(*, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    """Trust only the plant CA for the service; present the station certificate."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+class SignerClient:
+    """One HTTPS client (connections kept alive between units); close with :meth:`aclose`."""
+
+    def __init__(self, *, url: str, tls: ssl.SSLContext, timeout_s: float) -> None:
+        self._url = url.rstrip("/") + SIGN_PATH
+        self._client = httpx.AsyncClient(verify=tls, timeout=timeout_s)
+        self.timeout_s = timeout_s
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._client.aclose()
+
+    async def sign(self, request: SignRequest, *, stage: str) -> SignResponse:
+        """The service's signature, or UnitFailure (signing_refused / signer_unreachable)."""
+        try:
+            answer = await self._client.post(
+                self._url, content=request.model_dump_json(by_alias=True),
+                headers={"content-type": "application/json"})
+        except httpx.TimeoutException:
+            raise _unreachable(stage, f"no answer within {self.timeout_s:g} s") from None
+        except httpx.HTTPError as exc:
+            raise _unreachable(stage, f"{type(exc).__name__}: {exc}") from None
+        try:
+            if answer.status_code == 200:
+                return SignResponse.model_validate_json(answer.content)
+            refusal = SignRefusal.model_validate_json(answer.content)
+        except ValidationError:
+            raise _unreachable(stage, f"the service answered HTTP {answer.status_code} with "
+                                      "something that is no signing answer") from None
+        raise UnitFailure(code=FailureCode.SIGNING_REFUSED, stage=stage,
+                          detail=f"{refusal.code}: {refusal.reason}", region="manufacturing")
+
+
+def _unreachable(stage: str, why: str) -> UnitFailure:
+    return UnitFailure(code=FailureCode.SIGNER_UNREACHABLE, stage=stage,
+                       detail=f"signing service unreachable: {why}", region="manufacturing")
