@@ -48,4 +48,6 @@ def format_trace(records: list[dict[str, Any]]) -> str:
             lines.append(f"    {image['name']:<14} {image['version']:<16} "
                          f"sha256 {image['sha256']}  key {image['key_ref']}  "
                          f"@0x{image['address']:08X}+{image['size']}  {check}")
+            if image.get("signature_id"):
+                lines.append(f"    {'':<14} signature {image['signature_id']}")
     return "\n".join(lines)
