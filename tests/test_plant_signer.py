@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.demo.signer import Identity, PlantPki, RunningSigner, init_token, running_signer
+from agent.demo.signer import Identity, PlantPki, RunningSigner, running_signer
 from agent.errors import FailureCode, UnitFailure
 from agent.firmware import factory_data
 from agent.firmware.crypto import verify_signature
@@ -26,18 +26,14 @@ JOB = Job.model_validate_json(json.dumps({
     "serials": {"prefix": "SN-", "first": 1000, "last": 1009, "width": 6}, "quantity": 3}))
 
 
-@pytest.fixture(scope="session")
-def _token(tmp_path_factory: pytest.TempPathFactory) -> None:
-    init_token(tmp_path_factory.mktemp("softhsm"))
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> PlantPki:
     return PlantPki.create(tmp_path / "pki")
 
 
 @pytest.fixture
-async def signer(_token: None, tmp_path: Path, pki: PlantPki) -> AsyncIterator[RunningSigner]:
+async def signer(softhsm_token: None, tmp_path: Path,
+                 pki: PlantPki) -> AsyncIterator[RunningSigner]:
     async with running_signer(tmp_path, pki=pki, jobs={JOB.job_id: JOB}.get,
                               rework_allowance=1) as running:
         yield running
