@@ -74,6 +74,8 @@ def _keys(args: argparse.Namespace) -> int:
     from agent.plant.pkcs11_signer import generate_on_token
     from agent.plant.signer_keys import key_ref, list_keys
 
+    if args.action == "list":
+        args.key_label = args.key_label or "(every key)"
     try:
         token = _token(args)
         if args.action == "create":

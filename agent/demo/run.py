@@ -29,15 +29,16 @@ from agent.demo.images import (
     write_images,
     write_stm32_images,
 )
-from agent.demo.signer import PlantPki, RunningSigner, init_token, running_signer
+from agent.demo.signer import KEY_LABEL, PlantPki, RunningSigner, init_token, running_signer
 from agent.firmware.crypto import public_key_pem
 from agent.plant.publish import publish_retained
 from agent.plant.recorder import Recorder
 from agent.plant.records import RecordStore, open_record_db
+from agent.plant.signer import job_folder
 from agent.plant.trace import find_by_serial, format_trace, missing_sequences
 from agent.sim.broker import LocalBroker
 from agent.station.app import StationParts, build_hardware, serve
-from agent.wire.messages import Job, UnitRecord
+from agent.wire.messages import UnitRecord
 from agent.wire.mqtt import BrokerEndpoint
 from agent.wire.topics import StationTopics
 
@@ -101,7 +102,6 @@ class Demo:
         self.records: list[UnitRecord] = []
         self._recorder: Recorder
         self._release_key = ReleaseKey()
-        self._jobs: dict[str, Job] = {}  # what the plant's signing service knows
         self._check: PartitionCheck | None = None
 
     def say(self, line: str) -> None:
@@ -113,7 +113,10 @@ class Demo:
         signer_dir = self.workdir / "signer"
         await asyncio.to_thread(init_token, signer_dir)
         pki = await asyncio.to_thread(PlantPki.create, signer_dir / "pki")
-        async with running_signer(signer_dir, pki=pki, jobs=self._jobs.get) as signer:
+        self._jobs_dir = signer_dir / "jobs"  # the service reads JOB_ID.json on each request
+        self._jobs_dir.mkdir(parents=True, exist_ok=True)
+        async with running_signer(signer_dir, pki=pki, jobs=job_folder(self._jobs_dir),
+                                  key_label=KEY_LABEL) as signer:
             public_pem = signer_dir / "factory-data.pub.pem"
             public_pem.write_text(public_key_pem(signer.public_key))
             self.say(f"signer: {signer.url} signs factory data with {signer.key_ref} "
@@ -185,7 +188,7 @@ class Demo:
         job = demo_job(set_id=manifest["set_id"], job_id=f"demo-{int(time.time())}",
                        station=config.station.id, units=panels * len(config.slots),
                        product=manifest["product"])
-        self._jobs[job["job_id"]] = Job.model_validate_json(json.dumps(job))
+        (self._jobs_dir / f"{job['job_id']}.json").write_text(json.dumps(job))
         await publish_retained(endpoint, topics.job, json.dumps(job).encode(),
                                client_id="plant-demo")
         self.say(f"job {job['job_id']}: {job['quantity']} x {job['product']} with firmware set "

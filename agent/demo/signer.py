@@ -111,13 +111,15 @@ class RunningSigner:
 
 @contextlib.asynccontextmanager
 async def running_signer(folder: Path, *, pki: PlantPki, jobs: JobLookup,
-                         rework_allowance: int = 0,
-                         alg: str = "ed25519") -> AsyncIterator[RunningSigner]:
-    """A key on the (already initialised) token, the store, the HTTPS service on a free port."""
+                         rework_allowance: int = 0, alg: str = "ed25519",
+                         key_label: str | None = None) -> AsyncIterator[RunningSigner]:
+    """A key on the (already initialised) token, the store, the HTTPS service on a free port.
+
+    Without ``key_label`` the key gets a label of its own (tests share one token)."""
     from agent.plant.pkcs11_signer import generate_on_token
 
     module = softhsm_module()
-    label = f"{KEY_LABEL}-{os.urandom(4).hex()}"
+    label = key_label or f"{KEY_LABEL}-{os.urandom(4).hex()}"
     generate_on_token(module=module, token_label=TOKEN, key_label=label, pin=PIN,
                       alg="ecdsa-p256" if alg == "ecdsa-p256" else "ed25519")
     key, ref = open_key(module=module, token_label=TOKEN, key_label=label, pin=PIN)
