@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -48,6 +48,7 @@ class TokenKey(Protocol):
 
 
 JobLookup = Callable[[str], Job | None]
+T = TypeVar("T")
 
 
 def job_folder(folder: Path) -> JobLookup:
@@ -107,6 +108,20 @@ class SigningService:
         """Stop the token thread."""
         self._token_thread.shutdown(wait=True)
 
+    @property
+    def store(self) -> SignerStore:
+        """Where decisions go (the certifier shares it)."""
+        return self._store
+
+    @property
+    def decisions(self) -> asyncio.Lock:
+        """Held while one decision is taken: the store's rows are the state."""
+        return self._lock
+
+    async def on_token(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the token's one thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._token_thread, work)
+
     async def quota(self, job_id: str) -> Quota | None:
         """The job's quota and its use, or None for an unknown job."""
         job = self._jobs(job_id)
@@ -150,35 +165,41 @@ class SigningService:
             return _response(row, repeated=False)
 
     async def _check(self, request: SignRequest, *, station: str) -> SignatureRow | None:
-        job = self._jobs(request.job_id)
+        await self.check_unit(job_id=request.job_id, product=request.product,
+                              serial=request.serial, chip_uid=request.chip_uid, station=station)
+        earlier = await self._store.signatures_for_serial(request.product, request.serial)
+        return next((row for row in earlier if row.digest == request.digest
+                     and row.job_id == request.job_id and row.chip_uid == request.chip_uid),
+                    None)
+
+    async def check_unit(self, *, job_id: str, product: str, serial: str, chip_uid: str,
+                         station: str) -> None:
+        """Refused unless this station may have this unit's data signed or certified now."""
+        job = self._jobs(job_id)
         if job is None:
-            raise Refused("unknown_job", f"job {request.job_id} is not known to the signing "
-                                         "service")
+            raise Refused("unknown_job", f"job {job_id} is not known to the signing service")
         if job.station is not None and job.station != station:
             raise Refused("station_not_allowed", f"job {job.job_id} belongs to station "
                                                  f"{job.station}, not {station}")
-        if request.product != job.product:
+        if product != job.product:
             raise Refused("wrong_product", f"job {job.job_id} builds {job.product}, not "
-                                           f"{request.product}")
-        if serial_number(job, request.serial) is None:
-            raise Refused("serial_outside_job", f"serial {request.serial} is not in job "
+                                           f"{product}")
+        if serial_number(job, serial) is None:
+            raise Refused("serial_outside_job", f"serial {serial} is not in job "
                                                 f"{job.job_id}'s range")
-        earlier = await self._store.signatures_for_serial(request.product, request.serial)
-        for row in earlier:
-            if row.chip_uid != request.chip_uid:
+        bound = [row.chip_uid for row in await self._store.signatures_for_serial(product, serial)]
+        bound += [row.chip_uid for row in await self._store.certificates_for_serial(product,
+                                                                                      serial)]
+        for other in bound:
+            if other != chip_uid:
                 raise Refused("serial_bound_to_other_chip",
-                              f"serial {request.serial} is already signed for chip "
-                              f"{row.chip_uid}")
-        for row in earlier:
-            if row.digest == request.digest and row.job_id == request.job_id:
-                return row
+                              f"serial {serial} is already signed for chip {other}")
         chips = await self._store.chips_signed(job.job_id)
         limit = job.quantity + self._allowance
-        if request.chip_uid not in chips and len(chips) >= limit:
+        if chip_uid not in chips and len(chips) >= limit:
             raise Refused("quota_exhausted", f"job {job.job_id} has used its quota of {limit} "
                                              f"units ({job.quantity} + {self._allowance} "
                                              "rework)")
-        return None
 
 
 def _response(row: SignatureRow, *, repeated: bool) -> SignResponse:

@@ -11,21 +11,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import ValidationError
 
+from agent.plant.certify import Certifier
 from agent.plant.pki import PkiError, check_station_id
 from agent.plant.signer import Refused, SigningService
-from agent.wire.signing import SIGN_PATH, SignRefusal, SignRequest
+from agent.wire.messages_base import Wire
+from agent.wire.signing import CERTIFY_PATH, SIGN_PATH, CertifyRequest, SignRefusal, SignRequest
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 4096
-STATUS = {"unknown_job": 404, "serial_outside_job": 409, "serial_bound_to_other_chip": 409,
-          "quota_exhausted": 409, "bad_request": 400, "token_error": 503}
+STATUS = {"no_device_ca": 404, "bad_public_key": 400, "unknown_job": 404,
+          "serial_outside_job": 409, "serial_bound_to_other_chip": 409, "quota_exhausted": 409,
+          "bad_request": 400, "token_error": 503}
 
 
 def server_tls(*, cert: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
@@ -57,34 +60,56 @@ def _refusal(refusal: Refused) -> web.Response:
                         text=body.model_dump_json(by_alias=True))
 
 
-def make_app(service: SigningService) -> web.Application:
-    """The service's one route."""
+def make_app(service: SigningService, certifier: Certifier | None = None) -> web.Application:
+    """The service's routes: factory-data signatures, and device certificates when a device
+    intermediate is configured."""
 
-    async def sign(request: web.Request) -> web.Response:
+    async def answer(request: web.Request, decide: Callable[[str, bytes], Awaitable[Wire]]
+                     ) -> web.Response:
         try:
-            station = _station_of(request)
-            try:
-                body = SignRequest.model_validate_json(await request.read())
-            except ValidationError as exc:
-                raise Refused("bad_request", f"not a sign request: {exc.error_count()} "
-                                             "problem(s)") from None
-            response = await service.sign(body, station=station)
+            response = await decide(_station_of(request), await request.read())
         except Refused as refusal:
             log.info("refused %s: %s", request.remote, refusal)
             return _refusal(refusal)
         return web.Response(content_type="application/json",
                             text=response.model_dump_json(by_alias=True))
 
+    async def sign_body(station: str, raw: bytes) -> Wire:
+        return await service.sign(_parse(SignRequest, raw), station=station)
+
+    async def certify_body(station: str, raw: bytes) -> Wire:
+        if certifier is None:
+            raise Refused("no_device_ca", "this signing service issues no device certificates")
+        return await certifier.certify(_parse(CertifyRequest, raw), station=station)
+
+    async def sign(request: web.Request) -> web.Response:
+        return await answer(request, sign_body)
+
+    async def certify(request: web.Request) -> web.Response:
+        return await answer(request, certify_body)
+
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app.router.add_post(SIGN_PATH, sign)
+    app.router.add_post(CERTIFY_PATH, certify)
     return app
 
 
+M = TypeVar("M", bound=Wire)
+
+
+def _parse(model: type[M], raw: bytes) -> M:
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise Refused("bad_request", f"not a {model.__name__}: {exc.error_count()} "
+                                     "problem(s)") from None
+
+
 @contextlib.asynccontextmanager
-async def serving(service: SigningService, *, host: str, port: int,
-                  tls: ssl.SSLContext) -> AsyncIterator[int]:
+async def serving(service: SigningService, *, host: str, port: int, tls: ssl.SSLContext,
+                  certifier: Certifier | None = None) -> AsyncIterator[int]:
     """Serve until the block ends; yields the bound port (``port`` 0 picks a free one)."""
-    runner = web.AppRunner(make_app(service), access_log=None)
+    runner = web.AppRunner(make_app(service, certifier), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=tls)

@@ -24,6 +24,13 @@ CREATE TABLE IF NOT EXISTS signatures (
     key_ref TEXT NOT NULL, alg TEXT NOT NULL, signature TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS signatures_serial ON signatures (product, serial);
 CREATE INDEX IF NOT EXISTS signatures_job ON signatures (job_id, chip_uid);
+CREATE TABLE IF NOT EXISTS certificates (
+    cert_serial TEXT PRIMARY KEY,
+    product TEXT NOT NULL, job_id TEXT NOT NULL, serial TEXT NOT NULL,
+    chip_uid TEXT NOT NULL, public_key TEXT NOT NULL, der TEXT NOT NULL, issuer TEXT NOT NULL,
+    station TEXT NOT NULL, key_ref TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS certificates_serial ON certificates (product, serial);
+CREATE INDEX IF NOT EXISTS certificates_job ON certificates (job_id, chip_uid);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, station TEXT NOT NULL,
     job_id TEXT NOT NULL, product TEXT NOT NULL, serial TEXT NOT NULL, chip_uid TEXT NOT NULL,
@@ -51,8 +58,25 @@ class SignatureRow:
 
 
 @dataclass(frozen=True)
+class CertificateRow:
+    """One device certificate the service issued."""
+
+    cert_serial: str
+    product: str
+    job_id: str
+    serial: str
+    chip_uid: str
+    public_key: str
+    der: str
+    issuer: str
+    station: str
+    key_ref: str
+
+
+@dataclass(frozen=True)
 class AuditRow:
-    """One decision: ``signed``, ``repeated`` or ``refused`` (with its code)."""
+    """One decision: ``signed``, ``certified``, ``repeated`` or ``refused`` (with its code);
+    ``signature_id`` holds a certificate's serial for ``certified``."""
 
     station: str
     job_id: str
@@ -75,12 +99,17 @@ class SignerStore(Protocol):
         """Every signature made for this serial of this product."""
         ...
 
-    async def chips_signed(self, job_id: str) -> set[str]:
-        """The distinct chip uids the job has signatures for (its quota use)."""
+    async def certificates_for_serial(self, product: str, serial: str) -> list[CertificateRow]:
+        """Every device certificate issued for this serial of this product."""
         ...
 
-    async def record(self, audit: AuditRow, signature: SignatureRow | None = None) -> None:
-        """Store a decision, and the signature it made if any, atomically."""
+    async def chips_signed(self, job_id: str) -> set[str]:
+        """The distinct chip uids the job has signatures or certificates for (its quota use)."""
+        ...
+
+    async def record(self, audit: AuditRow, signature: SignatureRow | None = None,
+                     certificate: CertificateRow | None = None) -> None:
+        """Store a decision, and the signature or certificate it made if any, atomically."""
         ...
 
     async def audit(self, *, serial: str | None = None,
@@ -118,17 +147,33 @@ class SqliteSignerStore:
             (product, serial))
         return [SignatureRow(*row) for row in await cursor.fetchall()]
 
-    async def chips_signed(self, job_id: str) -> set[str]:
-        """The distinct chip uids the job has signatures for."""
+    async def certificates_for_serial(self, product: str, serial: str) -> list[CertificateRow]:
+        """Every device certificate issued for this serial of this product."""
         cursor = await self._db.execute(
-            "SELECT DISTINCT chip_uid FROM signatures WHERE job_id = ?", (job_id,))
+            "SELECT cert_serial, product, job_id, serial, chip_uid, public_key, der, issuer, "
+            "station, key_ref FROM certificates WHERE product = ? AND serial = ? ORDER BY at",
+            (product, serial))
+        return [CertificateRow(*row) for row in await cursor.fetchall()]
+
+    async def chips_signed(self, job_id: str) -> set[str]:
+        """The distinct chip uids the job has signatures or certificates for."""
+        cursor = await self._db.execute(
+            "SELECT chip_uid FROM signatures WHERE job_id = ? "
+            "UNION SELECT chip_uid FROM certificates WHERE job_id = ?", (job_id, job_id))
         return {row[0] for row in await cursor.fetchall()}
 
-    async def record(self, audit: AuditRow, signature: SignatureRow | None = None) -> None:
-        """Store a decision, and the signature it made if any, in one transaction."""
+    async def record(self, audit: AuditRow, signature: SignatureRow | None = None,
+                     certificate: CertificateRow | None = None) -> None:
+        """Store a decision, and the signature or certificate it made, in one transaction."""
         now = time.time()
         await self._db.execute("BEGIN IMMEDIATE")
         try:
+            if certificate is not None:
+                c = certificate
+                await self._db.execute(
+                    "INSERT INTO certificates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (c.cert_serial, c.product, c.job_id, c.serial, c.chip_uid, c.public_key,
+                     c.der, c.issuer, c.station, c.key_ref, now))
             if signature is not None:
                 await self._db.execute(
                     "INSERT INTO signatures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

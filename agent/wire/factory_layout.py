@@ -56,6 +56,20 @@ class FactoryField(Wire):
         return self
 
 
+class DeviceCertificateSpec(Wire):
+    """A per-device X.509 certificate for a part that holds its own key.
+
+    The part's firmware leaves its public key at ``key_address`` (``"DKEY"``, algorithm 2 for
+    P-256, length, the SEC1 uncompressed point); the station reads it, the plant signing service
+    issues a certificate chained to the plant's device intermediate (key on the HSM), and the
+    station writes it to ``cert_address`` (``"DCRT"``, DER length u16 LE, DER, erased flash).
+    """
+
+    key_address: Address
+    cert_address: Address
+    cert_size: Annotated[int, Field(ge=256, le=4096)] = 1024
+
+
 class ManufacturingSpec(Wire):
     """The per-unit manufacturing partition the station generates for every unit.
 
@@ -69,6 +83,7 @@ class ManufacturingSpec(Wire):
     format_version: Annotated[int, Field(ge=1, le=255)] = 1
     fields: Annotated[tuple[FactoryField, ...], Field(max_length=64)] = ()
     signing: Literal["none", "required"] = "none"
+    device_certificate: DeviceCertificateSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ManufacturingSpec:

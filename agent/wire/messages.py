@@ -91,6 +91,10 @@ class FirmwareSet(Wire):
         if self.manufacturing is not None:
             m = self.manufacturing
             spans = sorted([*spans, (m.address, m.address + m.size, "manufacturing")])
+            if (cert := m.device_certificate) is not None:
+                spans = sorted([*spans, (cert.key_address, cert.key_address + 128, "device-key"),
+                                (cert.cert_address, cert.cert_address + cert.cert_size,
+                                 "device-certificate")])
         for (_, end_a, name_a), (start_b, _, name_b) in pairwise(spans):
             if start_b < end_a:
                 raise ValueError(f"regions {name_a} and {name_b} overlap")
@@ -190,6 +194,14 @@ class Failure(Wire):
     region: str | None = None
 
 
+class DeviceCertificate(Wire):
+    """The certificate the plant issued for the part's own key."""
+
+    serial: str = Field(description="certificate serial number, hex")
+    issuer: str = Field(description="issuer name (RFC 4514)")
+    key_ref: str = Field(description="the issuing key on the plant's HSM")
+
+
 class UnitRecord(Wire):
     """The traceability record of one unit: answers "what shipped on serial X, signed by whom"."""
 
@@ -218,6 +230,7 @@ class UnitRecord(Wire):
     lock_requested: bool = False
     locked: bool = False
     recovered_locked_part: bool = False
+    device_certificate: DeviceCertificate | None = None
     agent_version: str
 
 

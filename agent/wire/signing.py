@@ -14,11 +14,12 @@ from pydantic import Field
 from agent.wire.messages_base import Ident, Sha256Hex, Wire
 
 SIGN_PATH = "/v1/sign"
+CERTIFY_PATH = "/v1/certify"
 Alg = Literal["ed25519", "ecdsa-p256"]
 RefusalCode = Literal[
     "not_a_station", "unknown_job", "station_not_allowed", "wrong_product",
     "serial_outside_job", "serial_bound_to_other_chip", "quota_exhausted", "bad_request",
-    "token_error",
+    "token_error", "no_device_ca", "bad_public_key",
 ]
 
 
@@ -54,3 +55,28 @@ class SignRefusal(Wire):
         "fixture-agent/sign-refusal@1", alias="schema")
     code: RefusalCode
     reason: Annotated[str, Field(max_length=500)]
+
+
+class CertifyRequest(Wire):
+    """Issue a certificate for the key a part made itself, bound to job, serial and chip."""
+
+    schema_: Literal["fixture-agent/certify-request@1"] = Field(
+        "fixture-agent/certify-request@1", alias="schema")
+    job_id: Ident
+    product: Ident
+    serial: Annotated[str, Field(min_length=1, max_length=64)]
+    chip_uid: Annotated[str, Field(pattern=r"^[0-9a-f]{2,64}$")]
+    public_key: Annotated[str, Field(pattern=r"^04[0-9a-f]{128}$",
+                                     description="P-256 point, SEC1 uncompressed, hex")]
+
+
+class CertifyResponse(Wire):
+    """The device certificate (DER, hex), its serial and issuer, and the issuing key."""
+
+    schema_: Literal["fixture-agent/certify-response@1"] = Field(
+        "fixture-agent/certify-response@1", alias="schema")
+    certificate: Annotated[str, Field(pattern=r"^[0-9a-f]{2,8192}$")]
+    cert_serial: Annotated[str, Field(pattern=r"^[0-9a-f]{1,40}$")]
+    issuer: Annotated[str, Field(max_length=500)]
+    key_ref: Annotated[str, Field(min_length=1, max_length=200)]
+    repeated: bool = False
