@@ -31,6 +31,7 @@ class FailureCode(StrEnum):
     UID_INVALID = "uid_invalid"
     SIGNING_REFUSED = "signing_refused"
     SIGNER_UNREACHABLE = "signer_unreachable"
+    DEVICE_KEY_MISSING = "device_key_missing"
     WORKER_CRASHED = "worker_crashed"
     STATION_RESTART = "station_restart"
     INTERNAL = "internal_error"

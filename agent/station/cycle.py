@@ -20,8 +20,9 @@ from enum import StrEnum
 from agent import __version__
 from agent.errors import FailureCode, UnitFailure
 from agent.hw.programmer import ConnectOptions, Programmer, Region, ValidFlag
-from agent.station.factory import SignFn, build_partition
+from agent.station.factory import PlantSigner, build_partition, device_certificate
 from agent.wire.messages import (
+    DeviceCertificate,
     Failure,
     FirmwareSet,
     ImageResult,
@@ -107,6 +108,7 @@ class UnitRun:
     locked: bool = False
     recovered_locked_part: bool = False
     signature_id: str | None = None
+    device_certificate: DeviceCertificate | None = None
     images: dict[str, ImageResult] = field(default_factory=dict)
     timings: list[StageTiming] = field(default_factory=list)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -161,7 +163,8 @@ class UnitRun:
             outcome="pass" if self.passed else "fail",
             routing="ship" if self.passed else "rework", failure=failure, aborted=self.aborted,
             valid_flag_set=self.valid_flag_set, lock_requested=self.plan.lock, locked=self.locked,
-            recovered_locked_part=self.recovered_locked_part, agent_version=__version__,
+            recovered_locked_part=self.recovered_locked_part,
+            device_certificate=self.device_certificate, agent_version=__version__,
         )
 
 
@@ -174,35 +177,49 @@ def _planned_images(run: UnitRun) -> list[tuple[ImageSpec, bytes]]:
     return [(spec, run.plan.images[spec.name]) for spec in images]
 
 
-async def _manufacturing(run: UnitRun, sign: SignFn | None) -> tuple[ImageSpec, bytes] | None:
+async def _manufacturing(run: UnitRun, programmer: Programmer,
+                         signer: PlantSigner | None) -> list[tuple[ImageSpec, bytes]]:
+    """The per-unit regions: the partition (signed when the set says so), the certificate."""
     fs = run.plan.programmable_set()
-    if fs.manufacturing is None:
-        return None
+    layout = fs.manufacturing
+    if layout is None:
+        return []
     now = datetime.now(UTC)
     fields = {"serial": run.serial or "", "chip_uid": run.chip_uid or "",
               "product": fs.product, "job_id": run.plan.job.job_id,
               "station": run.plan.station_id, "slot": run.slot,
               "programmed_at": now.isoformat(timespec="seconds")}
-    if fs.manufacturing.signing == "required":
+    if layout.signing == "required" or layout.device_certificate is not None:
         run.enter(Stage.SIGN)
-    partition = await build_partition(layout=fs.manufacturing, job=run.plan.job, values=fields,
-                                      at=int(now.timestamp()), stage=str(run.stage), sign=sign)
+    partition = await build_partition(layout=layout, job=run.plan.job, values=fields,
+                                      at=int(now.timestamp()), stage=str(run.stage),
+                                      signer=signer)
     run.signature_id = partition.signature_id
-    return partition.spec, partition.data
+    regions = [(partition.spec, partition.data)]
+    if layout.device_certificate is not None:
+
+        async def read(address: int, size: int) -> bytes:
+            return await programmer.read(Region("device-key", address, size))
+
+        spec, blob, run.device_certificate = await device_certificate(
+            spec=layout.device_certificate, job=run.plan.job, serial=fields["serial"],
+            chip_uid=fields["chip_uid"], read=read, signer=signer, stage=str(run.stage))
+        regions.append((spec, blob))
+    return regions
 
 
 def _result(spec: ImageSpec, signature_id: str | None) -> ImageResult:
     return ImageResult(name=spec.name, role=spec.role, version=spec.version,
                        address=spec.address, size=spec.size, sha256=spec.sha256,
                        key_ref=spec.key_ref,
-                       signature_id=signature_id if spec.role == "manufacturing" else None)
+                       signature_id=signature_id if spec.name == "manufacturing" else None)
 
 
 async def program_unit(run: UnitRun, programmer: Programmer, *, take_serial: TakeSerial,
-                       sign: SignFn | None = None) -> None:
+                       signer: PlantSigner | None = None) -> None:
     """Run the slot's stages from CONNECT through LOCK; raises UnitFailure or ProgrammerError.
 
-    ``sign`` asks the plant signing service (a set that requires signed factory data fails the
+    ``signer`` is the plant signing service (a set that requires signed factory data fails the
     unit without it, before anything is written)."""
     job = run.plan.job
     fs = run.plan.programmable_set()
@@ -220,9 +237,7 @@ async def program_unit(run: UnitRun, programmer: Programmer, *, take_serial: Tak
         raise UnitFailure(code=FailureCode.SERIALS_EXHAUSTED, stage=Stage.SERIALIZE,
                           detail=f"job {job.job_id} has no serials left")
     planned = _planned_images(run)
-    manufacturing = await _manufacturing(run, sign)
-    if manufacturing is not None:
-        planned.append(manufacturing)
+    planned += await _manufacturing(run, programmer, signer)
     for spec, _ in planned:
         run.images[spec.name] = _result(spec, run.signature_id)
 

@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from pydantic import ValidationError
 
 from agent.errors import FailureCode, UnitFailure
-from agent.wire.signing import SIGN_PATH, SignRefusal, SignRequest, SignResponse
+from agent.wire.messages_base import Wire
+from agent.wire.signing import (
+    CERTIFY_PATH,
+    SIGN_PATH,
+    CertifyRequest,
+    CertifyResponse,
+    SignRefusal,
+    SignRequest,
+    SignResponse,
+)
+
+A = TypeVar("A", bound=Wire)
 
 
 def client_tls(*, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
@@ -30,7 +42,7 @@ class SignerClient:
     """One HTTPS client (connections kept alive between units); close with :meth:`aclose`."""
 
     def __init__(self, *, url: str, tls: ssl.SSLContext, timeout_s: float) -> None:
-        self._url = url.rstrip("/") + SIGN_PATH
+        self._base = url.rstrip("/")
         self._client = httpx.AsyncClient(verify=tls, timeout=timeout_s)
         self.timeout_s = timeout_s
 
@@ -38,11 +50,18 @@ class SignerClient:
         """Close the connections."""
         await self._client.aclose()
 
-    async def sign(self, request: SignRequest, *, stage: str) -> SignResponse:
+    async def sign(self, request: SignRequest, *, stage: str = "sign") -> SignResponse:
         """The service's signature, or UnitFailure (signing_refused / signer_unreachable)."""
+        return await self._ask(SIGN_PATH, request, SignResponse, stage=stage)
+
+    async def certify(self, request: CertifyRequest, *, stage: str = "sign") -> CertifyResponse:
+        """A certificate for the part's key, or UnitFailure (as :meth:`sign`)."""
+        return await self._ask(CERTIFY_PATH, request, CertifyResponse, stage=stage)
+
+    async def _ask(self, path: str, request: Wire, answer_model: type[A], *, stage: str) -> A:
         try:
             answer = await self._client.post(
-                self._url, content=request.model_dump_json(by_alias=True),
+                self._base + path, content=request.model_dump_json(by_alias=True),
                 headers={"content-type": "application/json"})
         except httpx.TimeoutException:
             raise _unreachable(stage, f"no answer within {self.timeout_s:g} s") from None
@@ -50,7 +69,7 @@ class SignerClient:
             raise _unreachable(stage, f"{type(exc).__name__}: {exc}") from None
         try:
             if answer.status_code == 200:
-                return SignResponse.model_validate_json(answer.content)
+                return answer_model.model_validate_json(answer.content)
             refusal = SignRefusal.model_validate_json(answer.content)
         except ValidationError:
             raise _unreachable(stage, f"the service answered HTTP {answer.status_code} with "

@@ -23,7 +23,6 @@ from agent.firmware.rollout import Waiting
 from agent.hw.fixture import Fixture, FixtureFault, Lamp
 from agent.hw.programmer import ConnectOptions, Programmer
 from agent.station.cycle import Stage, UnitPlan, UnitRun, program_unit
-from agent.station.factory import SignFn
 from agent.station.jobs import InterruptedUnit, JobBook
 from agent.station.outbox import Outbox
 from agent.station.panel import SerialTurns
@@ -32,7 +31,6 @@ from agent.station.status import StatusBoard
 from agent.station.store import StationStore
 from agent.wire.codec import encode
 from agent.wire.messages import UnitRecord
-from agent.wire.signing import SignRequest, SignResponse
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +274,8 @@ class Station:
                 slot=slot, chip_uid=chip_uid, manifest_digest=digest))
 
         try:
-            await program_unit(run, programmer, take_serial=take_serial, sign=self._sign_fn())
+            await program_unit(run, programmer, take_serial=take_serial,
+                               signer=self._signer)
             self._raise_if_aborted(run)  # aborted after the last programmer call returned
             if run.signature_id is not None:
                 self._status.update(signing_error=None)
@@ -299,16 +298,6 @@ class Station:
                 await programmer.disconnect()
             except Exception:
                 log.exception("slot %s: disconnect failed", run.slot)
-
-    def _sign_fn(self) -> SignFn | None:
-        signer = self._signer
-        if signer is None:
-            return None
-
-        async def sign(request: SignRequest) -> SignResponse:
-            return await signer.sign(request, stage=Stage.SIGN.value)
-
-        return sign
 
     def _raise_if_aborted(self, run: UnitRun) -> None:
         if self._abort_code is not None:
