@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.firmware import factory_data
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from agent.demo.images import DEVICE_CERTIFICATE
+from agent.firmware import device_key, factory_data
 from agent.firmware.crypto import PublicKey, verify_signature
 from agent.sim.nrf52840.boards import current_board_dir
 from agent.wire.messages import UnitRecord
@@ -26,18 +31,20 @@ class PartitionCheck:
     size: int
     public_key: PublicKey
     keep: Path | None = None  # each partition read is also saved here as SERIAL.bin
+    device_ca: x509.Certificate | None = None  # the intermediate that certifies device keys
     checked: int = 0
     problems: list[str] = field(default_factory=list)
 
-    def read(self, slot: str) -> bytes | None:
-        """The partition of the board in ``slot`` as its flash holds it, if it is an nRF52840."""
+    def read(self, slot: str, address: int | None = None, size: int | None = None
+             ) -> bytes | None:
+        """Flash of the board in ``slot`` (the partition by default), if it is an nRF52840."""
         bay = self.bays.get(slot)
         if bay is None or not hasattr(bay, "probe_uid"):
             return None
         flash = current_board_dir(bay.board_dir, bay.probe_uid) / "flash.bin"
         with flash.open("rb") as f:  # 4 KiB from a local file: no need to leave the loop
-            f.seek(self.address)
-            return f.read(self.size)
+            f.seek(self.address if address is None else address)
+            return f.read(self.size if size is None else size)
 
     def check(self, record: UnitRecord) -> str:
         """One line about this unit's partition; problems are also collected."""
@@ -54,9 +61,38 @@ class PartitionCheck:
         if problem is not None:
             self.problems.append(f"serial {record.serial}: {problem}")
             return f"factory data: PROBLEM {problem}"
-        (image,) = [i for i in record.images if i.role == "manufacturing"]
-        return (f"factory data: signature {image.signature_id} by {image.key_ref} verifies "
+        (image,) = [i for i in record.images if i.name == "manufacturing"]
+        line = (f"factory data: signature {image.signature_id} by {image.key_ref} verifies "
                 "with the plant key")
+        certificate = record.device_certificate
+        if certificate is not None and self.device_ca is not None:
+            problem = self._certificate_problem(record)
+            if problem is not None:
+                self.problems.append(f"serial {record.serial}: {problem}")
+                return f"{line}\n          device certificate: PROBLEM {problem}"
+            line += (f"\n          device certificate {certificate.serial} from "
+                     f"{certificate.issuer} chains to the plant device root")
+        return line
+
+    def _certificate_problem(self, record: UnitRecord) -> str | None:
+        assert self.device_ca is not None
+        (image,) = [i for i in record.images if i.name == "device-certificate"]
+        region = self.read(record.slot, image.address, image.size)
+        key = self.read(record.slot, DEVICE_CERTIFICATE["key_address"], 128)
+        assert region is not None
+        assert key is not None
+        try:
+            cert = x509.load_der_x509_certificate(device_key.parse_cert_region(region))
+            cert.verify_directly_issued_by(self.device_ca)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            return f"the certificate does not verify: {exc!r}"
+        point = cert.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        if point != device_key.parse_key_record(key):
+            return "the certificate is for another key than the part's"
+        if record.device_certificate is None or \
+                f"{cert.serial_number:x}" != record.device_certificate.serial:
+            return "the record names another certificate"
+        return None
 
     def _problem(self, record: UnitRecord, blob: bytes) -> str | None:
         try:
@@ -69,7 +105,7 @@ class PartitionCheck:
         if not verify_signature(signature.alg, self.public_key, decoded.digest,
                                 signature.signature):
             return "the signature does not verify with the plant key"
-        (image,) = [i for i in record.images if i.role == "manufacturing"]
+        (image,) = [i for i in record.images if i.name == "manufacturing"]
         if (image.key_ref, image.signature_id) != (signature.key_ref, signature.signature_id):
             return "the record names another key or signature than the partition holds"
         if decoded.entries.get(1, b"").decode() != record.serial:

@@ -37,10 +37,20 @@ FACTORY_FIELDS = (
 )
 
 
-def signed_factory_data(region: dict[str, Any]) -> dict[str, Any]:
-    """A manufacturing section with the demo's field layout that the plant must sign."""
-    return {**region, "format_version": 1, "fields": list(FACTORY_FIELDS),
-            "signing": "required"}
+# The virtual nRF52840's boards carry their own key's record here (agent.sim.nrf52840.boards);
+# the plant's certificate for it goes to the page below.
+DEVICE_CERTIFICATE = {"key_address": 0x000F_D000, "cert_address": 0x000F_C000, "cert_size": 1024}
+
+
+def signed_factory_data(region: dict[str, Any], *,
+                        device_certificate: bool = False) -> dict[str, Any]:
+    """A manufacturing section with the demo's field layout that the plant must sign, and a
+    device certificate for the part's own key when asked."""
+    section = {**region, "format_version": 1, "fields": list(FACTORY_FIELDS),
+               "signing": "required"}
+    if device_certificate:
+        section["device_certificate"] = DEVICE_CERTIFICATE
+    return section
 VALID_FLAG_FLASH = {"kind": "flash-word", "address": 0x000F_F000, "value": 0x600DF00D}
 VALID_FLAG_UICR = {"kind": "uicr", "address": 0x1000_1080, "value": 0x600DF00D}
 PRODUCT = "sensor-node"
@@ -83,10 +93,12 @@ def _image_file(path: Path, data: bytes, *, name: str, role: str, address: int, 
 
 def demo_manifest(images: list[dict[str, Any]], *, uicr_flag: bool, set_id: str,
                   sequence: int, activation: str = "next_job",
-                  lock: str = "on-request", signed: bool = False) -> dict[str, Any]:
+                  lock: str = "on-request", signed: bool = False,
+                  device_certificate: bool = False) -> dict[str, Any]:
     """A firmware-set manifest (schema v2) of the demo product, valid for 30 days.
 
-    ``signed``: the factory data has a field layout and must be signed by the plant."""
+    ``signed``: the factory data has a field layout and must be signed by the plant;
+    ``device_certificate``: the plant certifies the part's own key too (virtual nRF52840)."""
     now = datetime.now(UTC).replace(microsecond=0)
     return {"schema": "fixture-agent/firmware-set@2", "set_id": set_id, "product": PRODUCT,
             "sequence": sequence,
@@ -94,7 +106,9 @@ def demo_manifest(images: list[dict[str, Any]], *, uicr_flag: bool, set_id: str,
             "expires": (now + timedelta(days=30)).isoformat().replace("+00:00", "Z"),
             "target": {"family": "nrf52", "pyocd_target": "nrf52840"},
             "images": images,
-            "manufacturing": signed_factory_data(MANUFACTURING) if signed else MANUFACTURING,
+            "manufacturing": signed_factory_data(MANUFACTURING,
+                                                 device_certificate=device_certificate)
+            if signed else MANUFACTURING,
             "valid_flag": VALID_FLAG_UICR if uicr_flag else VALID_FLAG_FLASH,
             "lock": lock, "activation": {"mode": activation}}
 

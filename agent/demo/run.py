@@ -31,6 +31,7 @@ from agent.demo.images import (
 )
 from agent.demo.signer import KEY_LABEL, PlantPki, RunningSigner, init_token, running_signer
 from agent.firmware.crypto import public_key_pem
+from agent.plant.pki import cert_pem
 from agent.plant.publish import publish_retained
 from agent.plant.recorder import Recorder
 from agent.plant.records import RecordStore, open_record_db
@@ -119,6 +120,9 @@ class Demo:
                                   key_label=KEY_LABEL) as signer:
             public_pem = signer_dir / "factory-data.pub.pem"
             public_pem.write_text(public_key_pem(signer.public_key))
+            for name, cert in (("device-root", signer.device_root),
+                               ("device-intermediate", signer.device_intermediate)):
+                (signer_dir / f"{name}.pem").write_bytes(cert_pem(cert))
             self.say(f"signer: {signer.url} signs factory data with {signer.key_ref} "
                      f"(SoftHSM2 token in {signer_dir}; public key {public_pem})")
             return await self._with_signer(pki, signer)
@@ -139,7 +143,8 @@ class Demo:
         hardware = await build_hardware(config)
         self._check = PartitionCheck(bays=hardware.sim.bays, address=MANUFACTURING["address"],
                                      size=MANUFACTURING["size"], public_key=signer.public_key,
-                                     keep=self.workdir / "partitions")
+                                     keep=self.workdir / "partitions",
+                                     device_ca=signer.device_intermediate)
         started: asyncio.Future[StationParts] = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.TaskGroup() as group:
@@ -177,7 +182,8 @@ class Demo:
         else:
             manifest = demo_manifest(write_images(self.workdir / "images"),
                                      uicr_flag=self.backend == "pyocd",
-                                     set_id="sensor-node-2026.11", sequence=7, signed=True)
+                                     set_id="sensor-node-2026.11", sequence=7, signed=True,
+                                     device_certificate=self.backend == "pyocd")
         (self.workdir / "set.json").write_text(json.dumps(manifest, indent=1))
         signed = self._release_key.sign(manifest)
         await publish_retained(endpoint, topics.firmware_set, signed, client_id="plant-demo")

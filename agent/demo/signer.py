@@ -16,7 +16,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from agent.firmware.crypto import PublicKey
+from agent.plant.certify import Certifier
+from agent.plant.device_ca import DeviceIntermediate, intermediate_certificate
+from agent.plant.device_ca import device_root as make_device_root
 from agent.plant.pki import Authority, cert_pem, key_pem, new_key
 from agent.plant.signer import JobLookup, SigningService
 from agent.plant.signer_http import server_tls, serving
@@ -77,6 +82,7 @@ class PlantPki:
     plant_ca: Path
     station_ca_file: Path
     server: Identity
+    device_root: Authority  # offline in a real plant; it signs the device intermediate only
 
     @classmethod
     def create(cls, folder: Path) -> PlantPki:
@@ -88,8 +94,11 @@ class PlantPki:
         (folder / "station-ca.pem").write_bytes(cert_pem(station_ca.cert))
         (folder / "plant-ca.pem").write_bytes(cert_pem(plant_ca.cert))
         server = write_identity(folder, "plant-signer", plant_ca, server=True, now=now)
+        device_root = make_device_root("plant device root", days=30, now=now)
+        (folder / "device-root.pem").write_bytes(cert_pem(device_root.cert))
         return cls(station_ca=station_ca, plant_ca=folder / "plant-ca.pem",
-                   station_ca_file=folder / "station-ca.pem", server=server)
+                   station_ca_file=folder / "station-ca.pem", server=server,
+                   device_root=device_root)
 
     def station(self, folder: Path, station_id: str) -> Identity:
         """A station's client certificate from the station CA."""
@@ -107,6 +116,8 @@ class RunningSigner:
     key_ref: str
     public_key: PublicKey
     service: SigningService
+    device_root: x509.Certificate
+    device_intermediate: x509.Certificate
 
 
 @contextlib.asynccontextmanager
@@ -123,15 +134,29 @@ async def running_signer(folder: Path, *, pki: PlantPki, jobs: JobLookup,
     generate_on_token(module=module, token_label=TOKEN, key_label=label, pin=PIN,
                       alg="ecdsa-p256" if alg == "ecdsa-p256" else "ed25519")
     key, ref = open_key(module=module, token_label=TOKEN, key_label=label, pin=PIN)
+    ca_label = f"device-intermediate-{label.rpartition('-')[2]}" if key_label is None \
+        else "device-intermediate"
+    generate_on_token(module=module, token_label=TOKEN, key_label=ca_label, pin=PIN,
+                      alg="ecdsa-p256")
+    ca_key, ca_ref = open_key(module=module, token_label=TOKEN, key_label=ca_label, pin=PIN)
+    now = dt.datetime.now(dt.UTC)
+    intermediate = intermediate_certificate(pki.device_root, ca_key.public_key(),
+                                            name="plant device intermediate", days=30, now=now)
     store = await SqliteSignerStore.open(folder / "signer.db")
     service = SigningService(store=store, jobs=jobs, key=key, key_ref=ref,
                              rework_allowance=rework_allowance)
+    certifier = Certifier(service=service, ca=DeviceIntermediate(
+        cert=intermediate, key=ca_key, key_ref=ca_ref))
     tls = server_tls(cert=pki.server.cert, key=pki.server.key, client_ca=pki.station_ca_file)
     try:
-        async with serving(service, host="127.0.0.1", port=0, tls=tls) as port:
+        async with serving(service, host="127.0.0.1", port=0, tls=tls,
+                           certifier=certifier) as port:
             yield RunningSigner(url=f"https://127.0.0.1:{port}", plant_ca=pki.plant_ca,
-                                key_ref=ref, public_key=key.public_key(), service=service)
+                                key_ref=ref, public_key=key.public_key(), service=service,
+                                device_root=pki.device_root.cert,
+                                device_intermediate=intermediate)
     finally:
         service.close()
         await store.close()
         key.__exit__(None, None, None)
+        ca_key.__exit__(None, None, None)

@@ -62,6 +62,28 @@ def _algorithm_identifier(cert_der: bytes) -> bytes:
     return cert_der[tbs_end:_first_element_end(cert_der, tbs_end)]
 
 
+def device_root(common_name: str, *, days: int, now: dt.datetime) -> Authority:
+    """The offline device root: a CA that may have one level of intermediates below it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+            .add_extension(_ca_usage(), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    return Authority(key, cert)
+
+
+def _ca_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=False, content_commitment=False,
+                         key_encipherment=False, data_encipherment=False, key_agreement=False,
+                         key_cert_sign=True, crl_sign=True, encipher_only=False,
+                         decipher_only=False)
+
+
 def intermediate_certificate(root: Authority, key: PublicKey, *, name: str, days: int,
                              now: dt.datetime) -> x509.Certificate:
     """The device intermediate's certificate (CA, path length 0) for the HSM key ``key``."""
@@ -70,11 +92,10 @@ def intermediate_certificate(root: Authority, key: PublicKey, *, name: str, days
             .public_key(key).serial_number(x509.random_serial_number())
             .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(_ca_usage(), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                root.key.public_key()), critical=False)
             .sign(root.key, hashes.SHA256()))
 
 

@@ -35,7 +35,12 @@ class TokenError(AgentError):
 def _open_session(module: Path, token_label: str, pin: str, *, rw: bool = False) -> Any:
     try:
         token = pkcs11.lib(str(module)).get_token(token_label=token_label)
-        return token.open(user_pin=pin, rw=rw)
+        try:
+            return token.open(user_pin=pin, rw=rw)
+        except pkcs11.exceptions.UserAlreadyLoggedIn:
+            # Login is per process and token: a second key (the signing service holds two)
+            # opens its session on the login the first one made.
+            return token.open(rw=rw)
     except pkcs11.exceptions.NoSuchToken:
         raise TokenError(f"no token labelled {token_label!r} in {module}") from None
     except pkcs11.exceptions.PinIncorrect:

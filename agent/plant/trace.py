@@ -50,4 +50,7 @@ def format_trace(records: list[dict[str, Any]]) -> str:
                          f"@0x{image['address']:08X}+{image['size']}  {check}")
             if image.get("signature_id"):
                 lines.append(f"    {'':<14} signature {image['signature_id']}")
+        if (cert := r.get("device_certificate")) is not None:
+            lines.append(f"  device certificate {cert['serial']} issued by {cert['issuer']} "
+                         f"(key {cert['key_ref']})")
     return "\n".join(lines)
