@@ -6,17 +6,20 @@ SoftHSM2 token, mutual TLS on loopback, mosquitto; the partition is read back fr
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.config import parse_config
-from agent.demo.images import MANUFACTURING, signed_factory_data
+from agent.demo.images import DEVICE_CERTIFICATE, MANUFACTURING, signed_factory_data
 from agent.demo.signer import Identity, PlantPki, RunningSigner, running_signer
-from agent.firmware import factory_data
+from agent.firmware import device_key, factory_data
 from agent.firmware.crypto import verify_signature
 from agent.sim.broker import LocalBroker
 from agent.sim.nrf52840.boards import read_board_memory
@@ -54,7 +57,8 @@ async def signer(softhsm_token: None, tmp_path: Path,
 
 
 async def run_units(tmp_path: Path, port: int, *, url: str, ca: Path, identity: Identity,
-                    units: int, jobs: dict[str, Job] | None) -> tuple[list[UnitRecord], Any]:
+                    units: int, jobs: dict[str, Job] | None,
+                    device_certificate: bool = False) -> tuple[list[UnitRecord], Any]:
     raw = station_raw(tmp_path, port) | {"signer": {
         "url": url, "ca": str(ca), "cert": str(identity.cert), "key": str(identity.key),
         "timeout_s": 3}}
@@ -66,7 +70,8 @@ async def run_units(tmp_path: Path, port: int, *, url: str, ca: Path, identity: 
         await eventually(parts.link.connected.is_set, what="station link")
         topics = StationTopics(STATION)
         await publish(port, topics.firmware_set, signed_set(
-            tmp_path, manufacturing=signed_factory_data(MANUFACTURING)))
+            tmp_path, manufacturing=signed_factory_data(
+                MANUFACTURING, device_certificate=device_certificate)))
         await publish_job(port, STATION, job)
         await eventually(lambda: parts.status.accepting_units, timeout=120,
                          what="the station taking boards")
@@ -146,3 +151,38 @@ def _no_private_key_but_the_stations_own(tmp_path: Path, identity: Identity,
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ) != running.public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+async def test_a_part_with_its_own_key_gets_a_certificate_chained_to_the_plant_root(
+        tmp_path: Path, broker: LocalBroker, signer: tuple[RunningSigner, dict[str, Job]],
+        identity: Identity) -> None:
+    running, jobs = signer
+    records, (_, _) = await run_units(
+        tmp_path, broker.port, url=running.url, ca=running.plant_ca, identity=identity,
+        units=1, jobs=jobs, device_certificate=True)
+    (record,) = records
+    assert record.outcome == "pass", record.failure
+    assert record.device_certificate is not None
+    region = read_board_memory(tmp_path / "boards", f"{STATION}-a",
+                               DEVICE_CERTIFICATE["cert_address"], 1024)
+    der = device_key.parse_cert_region(region)
+    cert = x509.load_der_x509_certificate(der)
+    assert f"{cert.serial_number:x}" == record.device_certificate.serial
+    assert cert.issuer.rfc4514_string() == record.device_certificate.issuer
+    part_key = device_key.parse_key_record(read_board_memory(
+        tmp_path / "boards", f"{STATION}-a", DEVICE_CERTIFICATE["key_address"], 128))
+    assert cert.public_key().public_bytes(Encoding.X962,
+                                          PublicFormat.UncompressedPoint) == part_key
+    files = {"root.pem": running.device_root, "intermediate.pem": running.device_intermediate,
+             "device.pem": cert}
+    for name, c in files.items():
+        (tmp_path / name).write_bytes(c.public_bytes(Encoding.PEM))
+    verified = openssl_verify(tmp_path, "-CAfile", "root.pem", "-untrusted", "intermediate.pem")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    # the intermediate is no trust anchor: without the root the chain does not verify
+    assert openssl_verify(tmp_path, "-CAfile", "intermediate.pem").returncode != 0
+
+
+def openssl_verify(folder: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", "verify", *options, "device.pem"], cwd=folder,
+                          capture_output=True, text=True, check=False, timeout=30)

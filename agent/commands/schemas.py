@@ -18,12 +18,18 @@ from pydantic import BaseModel
 
 from agent.firmware.manifest import FirmwareSetManifest, SignedFirmwareSet
 from agent.wire.messages import Command, Job, RecordAck, Reject, StationStatus, UnitRecord
-from agent.wire.signing import SignRefusal, SignRequest, SignResponse
+from agent.wire.signing import (
+    CertifyRequest,
+    CertifyResponse,
+    SignRefusal,
+    SignRequest,
+    SignResponse,
+)
 
 # Every message on the wire, in the order a unit's life meets them.
 WIRE_MESSAGES: tuple[type[BaseModel], ...] = (
     Job, FirmwareSetManifest, SignedFirmwareSet, Command, StationStatus, SignRequest,
-    SignResponse, SignRefusal, UnitRecord, RecordAck, Reject,
+    SignResponse, SignRefusal, CertifyRequest, CertifyResponse, UnitRecord, RecordAck, Reject,
 )
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
