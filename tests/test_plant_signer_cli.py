@@ -12,11 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
 
 from agent.demo.signer import softhsm_module
 from agent.errors import UnitFailure
 from agent.station.signing import SignerClient, client_tls
-from agent.wire.signing import SignRequest
+from agent.wire.signing import CertifyRequest, SignRequest
 
 
 def agent(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
@@ -39,6 +43,10 @@ def plant(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
              "--key-label", "factory-data", "--pin-env", "TOKEN_PIN"]
     created = agent(env, "plant", "signer-keys", "create", "--alg", "ecdsa-p256", *token)
     assert created.stdout.startswith("key pkcs11:token=plant;object=factory-data;")
+    device_token = [*token[:4], "--key-label", "device-intermediate", "--pin-env", "TOKEN_PIN"]
+    agent(env, "plant", "signer-keys", "create", "--alg", "ecdsa-p256", *device_token)
+    agent(env, "plant", "device-ca", "--root-dir", str(tmp_path / "device-root"), "--out",
+          str(tmp_path / "intermediate.pem"), *device_token)
     pki = tmp_path / "pki"
     agent(env, "plant", "pki", "init", "--dir", str(pki))
     agent(env, "plant", "pki", "signer", "--dir", str(pki), "--out", str(tmp_path / "tls"),
@@ -54,7 +62,9 @@ def plant(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
         [sys.executable, "-m", "agent", "plant", "signer", "--db", str(tmp_path / "signer.db"),
          "--jobs", str(jobs), "--listen", "127.0.0.1:0", "--cert", str(tmp_path / "tls/signer.pem"),
          "--key", str(tmp_path / "tls/signer.key"), "--client-ca", str(pki / "station-ca.pem"),
-         *token], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--device-ca-cert", str(tmp_path / "intermediate.pem"),
+         "--device-ca-key-label", "device-intermediate", *token],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert service.stdout is not None
         line = service.stdout.readline()
@@ -73,15 +83,24 @@ async def test_the_service_signs_refuses_over_quota_and_keeps_the_trail(
         key=tmp_path / "station" / "line-3.key"))
     request = SignRequest(job_id="wo-7", product="sensor-node", serial="SN-000001",
                           chip_uid="0a" * 8, digest="11" * 32)
+    part_key = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        Encoding.X962, PublicFormat.UncompressedPoint)
     try:
         answer = await station.sign(request, stage="sign")
         assert answer.alg == "ecdsa-p256"
+        certified = await station.certify(CertifyRequest(
+            job_id="wo-7", product="sensor-node", serial="SN-000001", chip_uid="0a" * 8,
+            public_key=part_key.hex()))
         with pytest.raises(UnitFailure) as over:
             await station.sign(request.model_copy(update={"serial": "SN-000002",
                                                           "chip_uid": "0b" * 8}), stage="sign")
     finally:
         await station.aclose()
-    assert over.value.detail.startswith("quota_exhausted:")
+    assert over.value.detail.startswith("quota_exhausted:")  # one chip: signed and certified
+    cert = x509.load_der_x509_certificate(bytes.fromhex(certified.certificate))
+    intermediate = x509.load_pem_x509_certificate((tmp_path / "intermediate.pem").read_bytes())
+    cert.verify_directly_issued_by(intermediate)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "SN-000001"
     db = str(tmp_path / "signer.db")
     quota = agent(env, "plant", "quota", "wo-7", "--db", db, "--jobs", str(tmp_path / "jobs"))
     assert "job wo-7: 1 of 1 units signed" in quota.stdout

@@ -30,8 +30,21 @@ def register(sub: Any) -> None:
     serve.add_argument("--key", type=Path, required=True, help="its private key")
     serve.add_argument("--client-ca", type=Path, required=True,
                        help="the station CA (only its certificates may ask)")
+    serve.add_argument("--device-ca-cert", type=Path, help="the device intermediate's "
+                       "certificate (plant device-ca): issue device certificates too")
+    serve.add_argument("--device-ca-key-label", help="label of its key on the same token")
     _add_token_options(serve)
     serve.set_defaults(handler=_serve)
+
+    device_ca = sub.add_parser("device-ca", help="the device root (a file, keep it offline) and "
+                                                 "the intermediate certificate of a token key")
+    device_ca.add_argument("--root-dir", type=Path, required=True,
+                           help="folder of device-root.pem/.key (created when missing)")
+    device_ca.add_argument("--out", type=Path, required=True,
+                           help="the intermediate's certificate (PEM)")
+    device_ca.add_argument("--days", type=int, default=3650)
+    _add_token_options(device_ca)
+    device_ca.set_defaults(handler=_device_ca)
 
     keys = sub.add_parser("signer-keys", help="create or list the signing keys on the token")
     keys.add_argument("action", choices=("list", "create"))
@@ -100,17 +113,32 @@ async def _with_service(args: argparse.Namespace, body: Any) -> int:
     from agent.plant.signer_keys import open_key
     from agent.plant.signer_store import SqliteSignerStore
 
-    key, ref = open_key(**_token(args))
+    token = _token(args)
+    key, ref = open_key(**token)
     store = await SqliteSignerStore.open(args.db)
     service = SigningService(store=store, jobs=job_folder(args.jobs), key=key, key_ref=ref,
                              rework_allowance=args.rework_allowance)
+    ca_key = None
     try:
-        result: int = await body(service)
+        certifier = None
+        if getattr(args, "device_ca_cert", None) is not None:
+            from cryptography import x509
+
+            from agent.plant.certify import Certifier
+            from agent.plant.device_ca import DeviceIntermediate
+
+            ca_key, ca_ref = open_key(**(token | {"key_label": args.device_ca_key_label}))
+            cert = x509.load_pem_x509_certificate(args.device_ca_cert.read_bytes())
+            certifier = Certifier(service=service, ca=DeviceIntermediate(
+                cert=cert, key=ca_key, key_ref=ca_ref))
+        result: int = await body(service, certifier)
         return result
     finally:
         service.close()
         await store.close()
         key.__exit__(None, None, None)
+        if ca_key is not None:
+            ca_key.__exit__(None, None, None)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -122,14 +150,58 @@ def _serve(args: argparse.Namespace) -> int:
     tls = server_tls(cert=args.cert, key=args.key, client_ca=args.client_ca)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    async def body(service: Any) -> int:
-        async with serving(service, host=host, port=int(port), tls=tls) as bound:
+    if (args.device_ca_cert is None) != (args.device_ca_key_label is None):
+        raise ConfigError("command line", ["--device-ca-cert and --device-ca-key-label go "
+                                           "together"])
+
+    async def body(service: Any, certifier: Any) -> int:
+        async with serving(service, host=host, port=int(port), tls=tls,
+                           certifier=certifier) as bound:
             print(f"signing with {service.key_ref} on https://{host}:{bound}", flush=True)
             await asyncio.Event().wait()
         return EXIT_OK
 
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(_with_service(args, body))
+    return EXIT_OK
+
+
+def _device_ca(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from agent.plant.device_ca import device_root, intermediate_certificate
+    from agent.plant.pki import Authority, cert_pem, key_pem
+    from agent.plant.signer_keys import open_key
+
+    now = dt.datetime.now(dt.UTC)
+    root_cert, root_key = args.root_dir / "device-root.pem", args.root_dir / "device-root.key"
+    if not root_key.exists():
+        args.root_dir.mkdir(parents=True, exist_ok=True)
+        root = device_root("plant device root", days=args.days * 2, now=now)
+        root_key.touch(mode=0o600)
+        root_key.write_bytes(key_pem(root.key))
+        root_cert.write_bytes(cert_pem(root.cert))
+        print(f"device root: {root_cert} (key beside it, mode 0600: keep it offline)")
+    key = serialization.load_pem_private_key(root_key.read_bytes(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        print(f"{root_key} holds no EC private key")
+        return EXIT_USAGE
+    root = Authority(key, x509.load_pem_x509_certificate(root_cert.read_bytes()))
+    try:
+        token_key, ref = open_key(**_token(args))
+    except AgentError as exc:
+        print(exc)
+        return EXIT_REFUSED
+    with token_key:
+        cert = intermediate_certificate(root, token_key.public_key(),
+                                        name="plant device intermediate", days=args.days,
+                                        now=now)
+    args.out.write_bytes(cert_pem(cert))
+    print(f"device intermediate {args.out} for {ref}")
     return EXIT_OK
 
 
