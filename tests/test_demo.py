@@ -31,6 +31,8 @@ def test_demo_programs_units_and_exits_zero_only_when_all_records_are_acknowledg
     assert len(checks) == 2
     assert all(line.endswith("verifies with the plant key") for line in checks)
     assert "2 partition(s) read back and checked, 0 problem(s)" in out
+    chained = [line for line in out.splitlines() if "chains to the plant device root" in line]
+    assert len(chained) == 2
 
     records_db = tmp_path / "plant" / "records.db"
     traced = fixture_agent("trace", "SN-001000", "--db", str(records_db), "--json")
