@@ -8,6 +8,7 @@ token. Tests use the same pieces.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import os
@@ -15,6 +16,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -127,18 +129,23 @@ async def running_signer(folder: Path, *, pki: PlantPki, jobs: JobLookup,
     """A key on the (already initialised) token, the store, the HTTPS service on a free port.
 
     Without ``key_label`` the key gets a label of its own (tests share one token)."""
-    from agent.plant.pkcs11_signer import generate_on_token
+    from agent.plant.pkcs11_signer import generate_on_token  # python-pkcs11: plant extra
 
     module = softhsm_module()
     label = key_label or f"{KEY_LABEL}-{os.urandom(4).hex()}"
-    generate_on_token(module=module, token_label=TOKEN, key_label=label, pin=PIN,
-                      alg="ecdsa-p256" if alg == "ecdsa-p256" else "ed25519")
-    key, ref = open_key(module=module, token_label=TOKEN, key_label=label, pin=PIN)
-    ca_label = f"device-intermediate-{label.rpartition('-')[2]}" if key_label is None \
-        else "device-intermediate"
-    generate_on_token(module=module, token_label=TOKEN, key_label=ca_label, pin=PIN,
-                      alg="ecdsa-p256")
-    ca_key, ca_ref = open_key(module=module, token_label=TOKEN, key_label=ca_label, pin=PIN)
+    ca_label = "device-intermediate" if key_label is not None \
+        else f"device-intermediate-{label.rpartition('-')[2]}"
+
+    def token_keys() -> tuple[Any, str, Any, str]:
+        generate_on_token(module=module, token_label=TOKEN, key_label=label, pin=PIN,
+                          alg="ecdsa-p256" if alg == "ecdsa-p256" else "ed25519")
+        generate_on_token(module=module, token_label=TOKEN, key_label=ca_label, pin=PIN,
+                          alg="ecdsa-p256")
+        key, ref = open_key(module=module, token_label=TOKEN, key_label=label, pin=PIN)
+        ca_key, ca_ref = open_key(module=module, token_label=TOKEN, key_label=ca_label, pin=PIN)
+        return key, ref, ca_key, ca_ref
+
+    key, ref, ca_key, ca_ref = await asyncio.to_thread(token_keys)  # the token is slow I/O
     now = dt.datetime.now(dt.UTC)
     intermediate = intermediate_certificate(pki.device_root, ca_key.public_key(),
                                             name="plant device intermediate", days=30, now=now)
