@@ -5,6 +5,7 @@ SoftHSM2 token, mutual TLS on loopback, mosquitto; the partition is read back fr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator
@@ -16,14 +17,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent.config import parse_config
+from agent.config import StationConfig, parse_config
 from agent.demo.images import DEVICE_CERTIFICATE, MANUFACTURING, signed_factory_data
 from agent.demo.signer import Identity, PlantPki, RunningSigner, running_signer
 from agent.firmware import device_key, factory_data
 from agent.firmware.crypto import verify_signature
 from agent.sim.broker import LocalBroker
 from agent.sim.nrf52840.boards import read_board_memory
+from agent.station import app
+from agent.station.signing import SignerClient, client_tls
 from agent.wire.messages import Job, UnitRecord
+from agent.wire.signing import SignRequest, SignResponse
 from agent.wire.topics import StationTopics
 from tests.helpers import (
     eventually,
@@ -186,3 +190,55 @@ async def test_a_part_with_its_own_key_gets_a_certificate_chained_to_the_plant_r
 def openssl_verify(folder: Path, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["openssl", "verify", *options, "device.pem"], cwd=folder,
                           capture_output=True, text=True, check=False, timeout=30)
+
+
+async def test_a_station_killed_between_signing_and_writing_costs_one_quota_slot(
+        tmp_path: Path, broker: LocalBroker, signer: tuple[RunningSigner, dict[str, Job]],
+        identity: Identity, monkeypatch: pytest.MonkeyPatch) -> None:
+    running, jobs = signer
+    raw = station_raw(tmp_path, broker.port) | {"signer": {
+        "url": running.url, "ca": str(running.plant_ca), "cert": str(identity.cert),
+        "key": str(identity.key)}}
+    config = parse_config(raw, source="test", base=tmp_path)
+    job = job_payload(job_id="wo-kill", station=STATION, units=1)
+    jobs[job["job_id"]] = Job.model_validate_json(json.dumps(job))
+    answered = asyncio.Event()
+
+    class DiesAfterTheAnswer(SignerClient):
+        async def sign(self, request: SignRequest, *, stage: str = "sign") -> SignResponse:
+            answer = await super().sign(request, stage=stage)
+            answered.set()
+            await asyncio.Event().wait()  # the station dies here, before writing anything
+            return answer
+
+    def dying_client(cfg: StationConfig) -> SignerClient:
+        return DiesAfterTheAnswer(url=running.url, timeout_s=5, tls=client_tls(
+            ca=running.plant_ca, cert=identity.cert, key=identity.key))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(app, "signer_client", dying_client)
+        async with running_station(config) as (parts, sim):
+            await eventually(parts.link.connected.is_set, what="station link")
+            await publish(broker.port, StationTopics(STATION).firmware_set, signed_set(
+                tmp_path, manufacturing=signed_factory_data(MANUFACTURING)))
+            await publish_job(broker.port, STATION, job)
+            await eventually(lambda: parts.status.accepting_units, timeout=120,
+                             what="the station taking boards")
+            chip = sim.bays["a"].place_new_board()
+            sim.operator.close_lid()
+            await asyncio.wait_for(answered.wait(), 60)
+    # the same board, after the restart: its first serial stays consumed, it gets the next
+    async with running_station(config) as (parts, sim):
+        records: list[UnitRecord] = []
+        parts.station.record_listeners.append(records.append)
+        await eventually(lambda: parts.status.accepting_units, timeout=120,
+                         what="the restarted station taking boards")
+        sim.operator.open_lid()
+        assert await sim.operator.cycle_one(place=False) == "pass"
+    assert [(r.serial, r.chip_uid, r.outcome) for r in records][-1] == ("SN-001001", chip, "pass")
+    trail = [(row.serial, row.chip_uid, row.decision)
+             for row in await running.service.store.audit()]
+    assert trail == [("SN-001000", chip, "signed"), ("SN-001001", chip, "signed")]
+    quota = await running.service.quota("wo-kill")
+    assert quota is not None
+    assert quota.used == 1
