@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.demo.signer import Identity, PlantPki, RunningSigner, running_signer
 from agent.errors import FailureCode, UnitFailure
@@ -186,3 +188,28 @@ def test_factory_data_is_deterministic_and_its_signature_block_decodes() -> None
     corrupted[10] ^= 1
     assert factory_data.decode(bytes(corrupted)).problems == [
         "CRC-32 of the factory data does not match"]
+
+
+async def test_a_revoked_station_is_refused_when_the_service_reads_the_crl(
+        softhsm_token: None, tmp_path: Path, pki: PlantPki) -> None:
+    from cryptography import x509
+
+    from agent.plant.pki import Revoked
+
+    revoked = pki.station(tmp_path / "revoked", "station-1")
+    serial = x509.load_pem_x509_certificate(revoked.cert.read_bytes()).serial_number
+    now = datetime.now(UTC)
+    crl = pki.station_ca.crl([Revoked(serial=serial, revoked_at=now)], number=1, now=now, days=1)
+    (tmp_path / "station-ca.crl.pem").write_bytes(crl.public_bytes(Encoding.PEM))
+    async with running_signer(tmp_path, pki=pki, jobs={JOB.job_id: JOB}.get,
+                              client_crl=tmp_path / "station-ca.crl.pem") as running:
+        refused, allowed = (client(running, revoked),
+                            client(running, pki.station(tmp_path / "good", "station-1")))
+        try:
+            failure = await refusal(refused, request())
+            answer = await allowed.sign(request(), stage="sign")
+        finally:
+            await refused.aclose()
+            await allowed.aclose()
+    assert failure.code == FailureCode.SIGNER_UNREACHABLE
+    assert answer.key_ref == running.key_ref

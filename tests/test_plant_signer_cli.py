@@ -62,6 +62,7 @@ def plant(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
         [sys.executable, "-m", "agent", "plant", "signer", "--db", str(tmp_path / "signer.db"),
          "--jobs", str(jobs), "--listen", "127.0.0.1:0", "--cert", str(tmp_path / "tls/signer.pem"),
          "--key", str(tmp_path / "tls/signer.key"), "--client-ca", str(pki / "station-ca.pem"),
+         "--client-crl", str(pki / "station-ca.crl.pem"),
          "--device-ca-cert", str(tmp_path / "intermediate.pem"),
          "--device-ca-key-label", "device-intermediate", *token],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

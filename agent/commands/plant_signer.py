@@ -30,6 +30,8 @@ def register(sub: Any) -> None:
     serve.add_argument("--key", type=Path, required=True, help="its private key")
     serve.add_argument("--client-ca", type=Path, required=True,
                        help="the station CA (only its certificates may ask)")
+    serve.add_argument("--client-crl", type=Path, help="the station CA's CRL (station-ca.crl.pem"
+                       "): revoked stations are refused; restart after a revocation")
     serve.add_argument("--device-ca-cert", type=Path, help="the device intermediate's "
                        "certificate (plant device-ca): issue device certificates too")
     serve.add_argument("--device-ca-key-label", help="label of its key on the same token")
@@ -147,7 +149,8 @@ def _serve(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError("command line", [f"--listen: expected HOST:PORT, found {args.listen}"])
-    tls = server_tls(cert=args.cert, key=args.key, client_ca=args.client_ca)
+    tls = server_tls(cert=args.cert, key=args.key, client_ca=args.client_ca,
+                     client_crl=args.client_crl)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if (args.device_ca_cert is None) != (args.device_ca_key_label is None):

@@ -125,7 +125,8 @@ class RunningSigner:
 @contextlib.asynccontextmanager
 async def running_signer(folder: Path, *, pki: PlantPki, jobs: JobLookup,
                          rework_allowance: int = 0, alg: str = "ed25519",
-                         key_label: str | None = None) -> AsyncIterator[RunningSigner]:
+                         key_label: str | None = None,
+                         client_crl: Path | None = None) -> AsyncIterator[RunningSigner]:
     """A key on the (already initialised) token, the store, the HTTPS service on a free port.
 
     Without ``key_label`` the key gets a label of its own (tests share one token)."""
@@ -154,7 +155,8 @@ async def running_signer(folder: Path, *, pki: PlantPki, jobs: JobLookup,
                              rework_allowance=rework_allowance)
     certifier = Certifier(service=service, ca=DeviceIntermediate(
         cert=intermediate, key=ca_key, key_ref=ca_ref))
-    tls = server_tls(cert=pki.server.cert, key=pki.server.key, client_ca=pki.station_ca_file)
+    tls = server_tls(cert=pki.server.cert, key=pki.server.key, client_ca=pki.station_ca_file,
+                     client_crl=client_crl)
     try:
         async with serving(service, host="127.0.0.1", port=0, tls=tls,
                            certifier=certifier) as port:

@@ -31,11 +31,17 @@ STATUS = {"no_device_ca": 404, "bad_public_key": 400, "unknown_job": 404,
           "bad_request": 400, "token_error": 503}
 
 
-def server_tls(*, cert: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
-    """TLS 1.2+ with a required client certificate from ``client_ca`` (the station CA)."""
+def server_tls(*, cert: Path, key: Path, client_ca: Path,
+               client_crl: Path | None = None) -> ssl.SSLContext:
+    """TLS 1.2+ with a required client certificate from ``client_ca`` (the station CA); with
+    ``client_crl`` (the station CA's CRL, `plant pki`) a revoked station is refused too. The CRL
+    is read at start: restart the service after a revocation, as the broker is."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(client_ca))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
+    if client_crl is not None:
+        context.load_verify_locations(cafile=str(client_crl))
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     context.load_cert_chain(str(cert), str(key))
     return context
 

@@ -9,7 +9,7 @@ import pkcs11
 from pkcs11 import Attribute, ObjectClass
 
 from agent.firmware.crypto import key_fingerprint, public_key_pem
-from agent.plant.pkcs11_signer import Pkcs11Signer, TokenError, _open_session, _public_key_of
+from agent.plant.pkcs11_signer import Pkcs11Signer, TokenError, open_session, public_key_of
 
 
 def key_ref(*, token_label: str, key_label: str, fingerprint: str) -> str:
@@ -30,12 +30,12 @@ class TokenKeyInfo:
 
 def list_keys(*, module: Path, token_label: str, pin: str) -> list[TokenKeyInfo]:
     """Every public key on the token that has a label (its private half stays inside)."""
-    session = _open_session(module, token_label, pin)
+    session = open_session(module, token_label, pin)
     try:
         found = []
         for public in session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY}):
             try:
-                key = _public_key_of(public)
+                key = public_key_of(public)
             except (TokenError, ValueError):
                 continue  # not a key this service signs with
             alg = "ed25519" if public.key_type == pkcs11.KeyType.EC_EDWARDS else "ecdsa-p256"

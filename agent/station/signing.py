@@ -8,6 +8,7 @@ nonsense) within ``timeout_s`` its ``signer_unreachable`` failure; either way no
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 from typing import TypeVar
@@ -60,10 +61,11 @@ class SignerClient:
 
     async def _ask(self, path: str, request: Wire, answer_model: type[A], *, stage: str) -> A:
         try:
-            answer = await self._client.post(
-                self._base + path, content=request.model_dump_json(by_alias=True),
-                headers={"content-type": "application/json"})
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self.timeout_s):  # httpx's timeout is per phase
+                answer = await self._client.post(
+                    self._base + path, content=request.model_dump_json(by_alias=True),
+                    headers={"content-type": "application/json"})
+        except (TimeoutError, httpx.TimeoutException):
             raise _unreachable(stage, f"no answer within {self.timeout_s:g} s") from None
         except httpx.HTTPError as exc:
             raise _unreachable(stage, f"{type(exc).__name__}: {exc}") from None
