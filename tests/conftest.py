@@ -145,3 +145,12 @@ def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> None:
     from agent.demo.signer import init_token
 
     init_token(tmp_path_factory.mktemp("softhsm"))
+
+
+@pytest.fixture(scope="session")
+def signer_postgres() -> Iterator[str]:
+    """A private PostgreSQL cluster for the session (tests/private_postgres.py)."""
+    from tests.private_postgres import private_postgres
+
+    with private_postgres() as url:
+        yield url

@@ -60,7 +60,7 @@ def register(sub: Any) -> None:
     quota.set_defaults(handler=_quota)
 
     audit = sub.add_parser("signer-audit", help="the signing decisions for a serial or a key")
-    audit.add_argument("--db", type=Path, required=True)
+    audit.add_argument("--db", required=True, help="SQLite file or postgresql:// URL")
     which = audit.add_mutually_exclusive_group(required=True)
     which.add_argument("--serial")
     which.add_argument("--key-ref")
@@ -68,7 +68,8 @@ def register(sub: Any) -> None:
 
 
 def _add_store(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, required=True, help="the service's SQLite file")
+    parser.add_argument("--db", required=True, help="the service's SQLite file, or a "
+                        "postgresql:// URL")
     parser.add_argument("--jobs", type=Path, required=True,
                         help="folder of JOB_ID.json job files (as published to stations)")
     parser.add_argument("--rework-allowance", type=int, default=0, metavar="N",
@@ -113,11 +114,11 @@ def _keys(args: argparse.Namespace) -> int:
 async def _with_service(args: argparse.Namespace, body: Any) -> int:
     from agent.plant.signer import SigningService, job_folder
     from agent.plant.signer_keys import open_key
-    from agent.plant.signer_store import SqliteSignerStore
+    from agent.plant.signer_store_pg import open_signer_store
 
     token = _token(args)
     key, ref = open_key(**token)
-    store = await SqliteSignerStore.open(args.db)
+    store = await open_signer_store(args.db)
     service = SigningService(store=store, jobs=job_folder(args.jobs), key=key, key_ref=ref,
                              rework_allowance=args.rework_allowance)
     ca_key = None
@@ -217,9 +218,9 @@ def _quota(args: argparse.Namespace) -> int:
         return EXIT_REFUSED
 
     async def body() -> int:
-        from agent.plant.signer_store import SqliteSignerStore
+        from agent.plant.signer_store_pg import open_signer_store
 
-        store = await SqliteSignerStore.open(args.db)
+        store = await open_signer_store(args.db)
         try:
             used = len(await store.chips_signed(args.job_id))
         finally:
@@ -234,9 +235,9 @@ def _quota(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     async def body() -> int:
-        from agent.plant.signer_store import SqliteSignerStore
+        from agent.plant.signer_store_pg import open_signer_store
 
-        store = await SqliteSignerStore.open(args.db)
+        store = await open_signer_store(args.db)
         try:
             rows = await store.audit(serial=args.serial, key_ref=args.key_ref)
         finally:

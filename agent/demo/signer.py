@@ -28,7 +28,7 @@ from agent.plant.pki import Authority, cert_pem, key_pem, new_key
 from agent.plant.signer import JobLookup, SigningService
 from agent.plant.signer_http import server_tls, serving
 from agent.plant.signer_keys import open_key
-from agent.plant.signer_store import SqliteSignerStore
+from agent.plant.signer_store_pg import open_signer_store
 
 MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
            "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so")
@@ -125,11 +125,12 @@ class RunningSigner:
 @contextlib.asynccontextmanager
 async def running_signer(folder: Path, *, pki: PlantPki, jobs: JobLookup,
                          rework_allowance: int = 0, alg: str = "ed25519",
-                         key_label: str | None = None,
-                         client_crl: Path | None = None) -> AsyncIterator[RunningSigner]:
+                         key_label: str | None = None, client_crl: Path | None = None,
+                         db: str | None = None) -> AsyncIterator[RunningSigner]:
     """A key on the (already initialised) token, the store, the HTTPS service on a free port.
 
-    Without ``key_label`` the key gets a label of its own (tests share one token)."""
+    Without ``key_label`` the key gets a label of its own (tests share one token); ``db`` is
+    a SQLite file or a ``postgresql://`` URL (default: ``signer.db`` in ``folder``)."""
     from agent.plant.pkcs11_signer import generate_on_token  # python-pkcs11: plant extra
 
     module = softhsm_module()
@@ -150,7 +151,7 @@ async def running_signer(folder: Path, *, pki: PlantPki, jobs: JobLookup,
     now = dt.datetime.now(dt.UTC)
     intermediate = intermediate_certificate(pki.device_root, ca_key.public_key(),
                                             name="plant device intermediate", days=30, now=now)
-    store = await SqliteSignerStore.open(folder / "signer.db")
+    store = await open_signer_store(db or str(folder / "signer.db"))
     service = SigningService(store=store, jobs=jobs, key=key, key_ref=ref,
                              rework_allowance=rework_allowance)
     certifier = Certifier(service=service, ca=DeviceIntermediate(

@@ -117,6 +117,10 @@ class SignerStore(Protocol):
         """The audit trail, oldest first, for a serial or a key (or all)."""
         ...
 
+    async def close(self) -> None:
+        """Release the connection."""
+        ...
+
 
 class SqliteSignerStore:
     """The store in one SQLite file; one connection, one writer (the service serialises)."""
