@@ -24,7 +24,6 @@ from agent.firmware import device_key, factory_data
 from agent.firmware.crypto import verify_signature
 from agent.sim.broker import LocalBroker
 from agent.sim.nrf52840.boards import read_board_memory
-from agent.station import app
 from agent.station.signing import SignerClient, client_tls
 from agent.wire.messages import Job, UnitRecord
 from agent.wire.signing import SignRequest, SignResponse
@@ -216,7 +215,7 @@ async def test_a_station_killed_between_signing_and_writing_costs_one_quota_slot
             ca=running.plant_ca, cert=identity.cert, key=identity.key))
 
     with monkeypatch.context() as patch:
-        patch.setattr(app, "signer_client", dying_client)
+        patch.setattr(SignerClient, "from_config", dying_client)
         async with running_station(config) as (parts, sim):
             await eventually(parts.link.connected.is_set, what="station link")
             await publish(broker.port, StationTopics(STATION).firmware_set, signed_set(

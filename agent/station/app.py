@@ -29,7 +29,7 @@ from agent.station.intake import JobIntake, SetIntake
 from agent.station.jobs import JobBook
 from agent.station.link import Link
 from agent.station.outbox import Outbox
-from agent.station.signing import SignerClient, client_tls
+from agent.station.signing import SignerClient
 from agent.station.station import Station, StationLimits
 from agent.station.status import StatusBoard
 from agent.station.store import StationStore
@@ -167,16 +167,6 @@ def broker_endpoint(config: StationConfig) -> BrokerEndpoint:
                           key=tls.key if tls else None)
 
 
-def signer_client(config: StationConfig) -> SignerClient | None:
-    """The HTTPS client of the plant signing service, when one is configured."""
-    identity = config.signer_identity()
-    if config.signer is None or identity is None:
-        return None
-    cert, key = identity
-    return SignerClient(url=config.signer.url, timeout_s=config.signer.timeout_s,
-                        tls=client_tls(ca=config.signer.ca, cert=cert, key=key))
-
-
 def assemble(config: StationConfig, hardware: Hardware, store: StationStore,
              rollout: RolloutManager, status: StatusBoard,
              sets_changed: asyncio.Event, signer: SignerClient | None = None) -> StationParts:
@@ -254,7 +244,7 @@ async def serve(config: StationConfig, hardware: Hardware, *, notifier: Notifier
         sets_changed = asyncio.Event()
         rollout = await teardown.enter_async_context(
             firmware_sets(config, status, sets_changed))
-        signer = signer_client(config)
+        signer = SignerClient.from_config(config)
         if signer is not None:
             teardown.push_async_callback(signer.aclose)
         parts = assemble(config, hardware, store, rollout, status, sets_changed, signer)

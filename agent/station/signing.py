@@ -16,6 +16,7 @@ from typing import TypeVar
 import httpx
 from pydantic import ValidationError
 
+from agent.config import StationConfig
 from agent.errors import FailureCode, UnitFailure
 from agent.wire.messages_base import Wire
 from agent.wire.signing import (
@@ -46,6 +47,16 @@ class SignerClient:
         self._base = url.rstrip("/")
         self._client = httpx.AsyncClient(verify=tls, timeout=timeout_s)
         self.timeout_s = timeout_s
+
+    @classmethod
+    def from_config(cls, config: StationConfig) -> SignerClient | None:
+        """The client of the configured service, or None when the station has none."""
+        identity = config.signer_identity()
+        if config.signer is None or identity is None:
+            return None
+        cert, key = identity
+        return cls(url=config.signer.url, timeout_s=config.signer.timeout_s,
+                   tls=client_tls(ca=config.signer.ca, cert=cert, key=key))
 
     async def aclose(self) -> None:
         """Close the connections."""
