@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,14 @@ def _serve(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError("command line", [f"--listen: expected HOST:PORT, found {args.listen}"])
-    tls = server_tls(cert=args.cert, key=args.key, client_ca=args.client_ca,
-                     client_crl=args.client_crl)
+    try:
+        tls = server_tls(cert=args.cert, key=args.key, client_ca=args.client_ca,
+                         client_crl=args.client_crl)
+    except (OSError, ssl.SSLError) as exc:  # ssl names no file: say which ones were asked for
+        files = ", ".join(str(p) for p in (args.cert, args.key, args.client_ca, args.client_crl)
+                          if p is not None)
+        raise ConfigError("command line", [f"cannot use the TLS files ({files}): "
+                                           f"{exc.strerror or exc}"]) from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if (args.device_ca_cert is None) != (args.device_ca_key_label is None):

@@ -7,11 +7,13 @@ transaction before the station is answered.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
 import psycopg
 
+from agent.errors import AgentError
 from agent.plant.signer_store import (
     AuditRow,
     CertificateRow,
@@ -129,8 +131,17 @@ class PostgresSignerStore:
         return [AuditRow(*row) for row in rows]  # type: ignore[arg-type]
 
 
+class StoreUnavailable(AgentError):
+    """The signer's database cannot be opened; the sentence says which and why."""
+
+
 async def open_signer_store(db: str) -> SignerStore:
     """A ``postgresql://`` URL opens PostgreSQL; anything else is a SQLite file."""
-    if db.startswith(("postgresql://", "postgres://")):
-        return await PostgresSignerStore.open(db)
-    return await SqliteSignerStore.open(Path(db))
+    try:
+        if db.startswith(("postgresql://", "postgres://")):
+            return await PostgresSignerStore.open(db)
+        return await SqliteSignerStore.open(Path(db))
+    except (psycopg.Error, sqlite3.Error, OSError) as exc:
+        where = db.split("@")[-1]  # no password in a message
+        raise StoreUnavailable(f"cannot open the signer's database {where}: "
+                               f"{str(exc).strip() or type(exc).__name__}") from None
