@@ -53,7 +53,8 @@ LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 
 NVMC_READY, NVMC_CONFIG = 0x4001E400, 0x4001E504
-NVMC_READ_ONLY, NVMC_WRITE_ENABLE = 0, 1
+NVMC_READ_ONLY, NVMC_WRITE_ENABLE, NVMC_ERASE_ENABLE = 0, 1, 2
+NVMC_ERASEUICR = 0x4001E514
 FICR_DEVICEID, FICR_INFO_PART = 0x10000060, 0x10000100
 UICR_BASE, UICR_SPAN = 0x10001000, 0x400  # the UICR words pyOCD maps as a flash region
 UICR_CUSTOMER = range(0x10001080, 0x10001100)
@@ -260,18 +261,23 @@ class _Link:
         FlashEraser(self.session, FlashEraser.Mode.SECTOR).erase([(address, address + size)])
 
     def _erase_uicr_range(self, address: int, size: int) -> None:
-        from pyocd.flash.eraser import FlashEraser
-
+        # NVMC.ERASEUICR directly (as nrfjprog --eraseuicr does): no flash algorithm to load
         saved = self.read(UICR_BASE, UICR_SPAN)
-        saved_approtect = self.read32(UICR_APPROTECT)
-        FlashEraser(self.session, FlashEraser.Mode.SECTOR).erase([(UICR_BASE, UICR_BASE + 4)])
+        target = self.target
+        target.write32(NVMC_CONFIG, NVMC_ERASE_ENABLE)
+        self._wait_nvmc()
+        target.write32(NVMC_ERASEUICR, 1)
+        self._wait_nvmc()
+        target.write32(NVMC_CONFIG, NVMC_WRITE_ENABLE)
+        self._wait_nvmc()
         for offset in range(0, UICR_SPAN, 4):
             word = int.from_bytes(saved[offset : offset + 4], "little")
             here = UICR_BASE + offset
             if word != ERASED and not address <= here < address + size:
-                self.nvmc_write_word(here, word)
-        if saved_approtect != ERASED:
-            self.nvmc_write_word(UICR_APPROTECT, saved_approtect)
+                target.write32(here, word)
+                self._wait_nvmc()
+        target.write32(NVMC_CONFIG, NVMC_READ_ONLY)
+        self._wait_nvmc()
 
     def nvmc_write_word(self, address: int, value: int) -> None:
         """Program one flash/UICR word through the nRF NVMC (can only clear bits)."""
