@@ -53,7 +53,8 @@ LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 
 NVMC_READY, NVMC_CONFIG = 0x4001E400, 0x4001E504
-NVMC_READ_ONLY, NVMC_WRITE_ENABLE = 0, 1
+NVMC_READ_ONLY, NVMC_WRITE_ENABLE, NVMC_ERASE_ENABLE = 0, 1, 2
+NVMC_ERASEUICR = 0x4001E514
 FICR_DEVICEID, FICR_INFO_PART = 0x10000060, 0x10000100
 UICR_BASE, UICR_SPAN = 0x10001000, 0x400  # the UICR words pyOCD maps as a flash region
 UICR_CUSTOMER = range(0x10001080, 0x10001100)
@@ -84,6 +85,22 @@ def _import_pyocd() -> None:
 
 def _is_nrf52(target: str) -> bool:
     return target.lower().startswith("nrf52")
+
+
+class _ProgrammingOnly:
+    """pyOCD session delegate: drop what a programming session never uses.
+
+    pyOCD parses the part's SVD file (peripheral descriptions, about 0.2 s of CPU for the nRF52840)
+    on a thread of every session it opens; programming never reads it, and on a panel every slot
+    paid it once per unit. pyOCD has no option for it; the init sequence is the documented hook.
+    """
+
+    def will_init_target(self, target: object, init_sequence: Any) -> None:
+        if init_sequence.has_task("load_svd"):
+            init_sequence.remove_task("load_svd")
+
+
+_PROGRAMMING_ONLY = _ProgrammingOnly()
 
 
 class _Link:
@@ -167,15 +184,13 @@ class _Link:
                 "keep_unwritten": True,
                 "hide_programming_progress": True,
                 "no_config": True,
-                # Programming never reads the peripheral descriptions (pyOCD loads the SVD file
-                # in a thread on every session open).
-                "load_svd": False,
                 # pyOCD sleeps this long after every reset, then polls DHCSR until the core
                 # answers anyway; 100 ms of margin per unit buys nothing on an nRF52.
                 "reset.post_delay": RESET_POST_DELAY_S,
                 "project_dir": os.getcwd(),  # pyOCD chdir()s to the project dir: keep it a no-op
             },
         )
+        self.session.delegate = _PROGRAMMING_ONLY
         try:
             self.session.open()
         except Exception:
@@ -260,18 +275,23 @@ class _Link:
         FlashEraser(self.session, FlashEraser.Mode.SECTOR).erase([(address, address + size)])
 
     def _erase_uicr_range(self, address: int, size: int) -> None:
-        from pyocd.flash.eraser import FlashEraser
-
+        # NVMC.ERASEUICR directly (as nrfjprog --eraseuicr does): no flash algorithm to load
         saved = self.read(UICR_BASE, UICR_SPAN)
-        saved_approtect = self.read32(UICR_APPROTECT)
-        FlashEraser(self.session, FlashEraser.Mode.SECTOR).erase([(UICR_BASE, UICR_BASE + 4)])
+        target = self.target
+        target.write32(NVMC_CONFIG, NVMC_ERASE_ENABLE)
+        self._wait_nvmc()
+        target.write32(NVMC_ERASEUICR, 1)
+        self._wait_nvmc()
+        target.write32(NVMC_CONFIG, NVMC_WRITE_ENABLE)
+        self._wait_nvmc()
         for offset in range(0, UICR_SPAN, 4):
             word = int.from_bytes(saved[offset : offset + 4], "little")
             here = UICR_BASE + offset
             if word != ERASED and not address <= here < address + size:
-                self.nvmc_write_word(here, word)
-        if saved_approtect != ERASED:
-            self.nvmc_write_word(UICR_APPROTECT, saved_approtect)
+                target.write32(here, word)
+                self._wait_nvmc()
+        target.write32(NVMC_CONFIG, NVMC_READ_ONLY)
+        self._wait_nvmc()
 
     def nvmc_write_word(self, address: int, value: int) -> None:
         """Program one flash/UICR word through the nRF NVMC (can only clear bits)."""
