@@ -1,4 +1,4 @@
-"""The demo's host-side check of every unit's factory data, read back from the virtual part.
+"""The demo's host-side check of every unit's factory data, read back from the simulated part.
 
 When a unit's record is stored the board still sits in its slot: its manufacturing partition is
 read straight from the simulated nRF52840's flash file, decoded, and its signature checked with
@@ -37,14 +37,20 @@ class PartitionCheck:
 
     def read(self, slot: str, address: int | None = None, size: int | None = None
              ) -> bytes | None:
-        """Flash of the board in ``slot`` (the partition by default), if it is an nRF52840."""
+        """Flash of the board in ``slot`` (the partition by default): a virtual nRF52840's or
+        the in-memory target's; None for other backends."""
         bay = self.bays.get(slot)
+        start = self.address if address is None else address
+        length = self.size if size is None else size
+        board = getattr(bay, "board", None)
+        if board is not None and hasattr(board, "flash"):  # the in-memory target (sim-flash)
+            return bytes(board.flash[start:start + length])
         if bay is None or not hasattr(bay, "probe_uid"):
             return None
         flash = current_board_dir(bay.board_dir, bay.probe_uid) / "flash.bin"
         with flash.open("rb") as f:  # 4 KiB from a local file: no need to leave the loop
-            f.seek(self.address if address is None else address)
-            return f.read(self.size if size is None else size)
+            f.seek(start)
+            return f.read(length)
 
     def check(self, record: UnitRecord) -> str:
         """One line about this unit's partition; problems are also collected."""
