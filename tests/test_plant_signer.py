@@ -213,3 +213,15 @@ async def test_a_revoked_station_is_refused_when_the_service_reads_the_crl(
             await allowed.aclose()
     assert failure.code == FailureCode.SIGNER_UNREACHABLE
     assert answer.key_ref == running.key_ref
+
+
+async def test_a_plant_name_is_no_station_even_from_the_station_ca(
+        signer: RunningSigner, pki: PlantPki, tmp_path: Path) -> None:
+    impostor = client(signer, pki.station(tmp_path / "impostor", "plant-recorder"))
+    try:
+        failure = await refusal(impostor, request())
+    finally:
+        await impostor.aclose()
+    assert failure.detail.startswith("not_a_station:")
+    # refused at the door, before a request is read: the trail holds units, this is none
+    assert await signer.service.store.audit() == []
