@@ -80,9 +80,9 @@ async def build_partition(*, layout: ManufacturingSpec, job: Job, values: dict[s
     except (ValueError, factory_data.FactoryDataError) as exc:
         raise UnitFailure(code=FailureCode.INTERNAL, stage=stage, detail=str(exc),
                           region="manufacturing") from None
-    answer = await _required(signer, stage).sign(SignRequest(job_id=job.job_id, product=job.product,
-                                    serial=unit.serial, chip_uid=unit.chip_uid,
-                                    digest=hashlib.sha256(data).hexdigest()))
+    request = SignRequest(job_id=job.job_id, product=job.product, serial=unit.serial,
+                          chip_uid=unit.chip_uid.lower(), digest=hashlib.sha256(data).hexdigest())
+    answer = await _required(signer, stage).sign(request)
     signature = factory_data.Signature(alg=answer.alg, signature=bytes.fromhex(answer.signature),
                                        key_ref=answer.key_ref,
                                        signature_id=answer.signature_id)
@@ -115,7 +115,7 @@ async def device_certificate(*, spec: DeviceCertificateSpec, job: Job, serial: s
         raise UnitFailure(code=FailureCode.DEVICE_KEY_MISSING, stage=stage, detail=str(exc),
                           region="device-key") from None
     answer = await _required(signer, stage).certify(CertifyRequest(
-        job_id=job.job_id, product=job.product, serial=serial, chip_uid=chip_uid,
+        job_id=job.job_id, product=job.product, serial=serial, chip_uid=chip_uid.lower(),
         public_key=point.hex()))
     der = bytes.fromhex(answer.certificate)
     cert = x509.load_der_x509_certificate(der)
