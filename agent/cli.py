@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "agent.commands.demo",
     "agent.commands.sim",
     "agent.commands.plant",
+    "agent.commands.factory_data",
 )
 
 

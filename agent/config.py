@@ -213,6 +213,26 @@ class ImagesSection(Section):
     attempts: Annotated[int, Field(ge=1, le=20)] = 4
 
 
+class SignerSection(Section):
+    """The plant signing service for factory data (sets that require it fail units without).
+
+    The station authenticates with its broker certificate (``broker.tls``) unless ``cert`` and
+    ``key`` name others; ``ca`` is the authority that signed the service's certificate.
+    """
+
+    url: Annotated[str, Field(pattern=r"^https://[^\s/]+(/[^\s]*)?$")]
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+
+    @model_validator(mode="after")
+    def _pair(self) -> SignerSection:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: give both or neither")
+        return self
+
+
 class StationConfig(Section):
     """The whole station configuration."""
 
@@ -225,11 +245,31 @@ class StationConfig(Section):
     images: ImagesSection = ImagesSection()
     limits: LimitsSection = LimitsSection()
     simulation: SimulationSection = SimulationSection()
+    signer: SignerSection | None = None
 
     def slot_lamps(self) -> dict[str, tuple[int | None, int | None]]:
         """Per-slot (PASS, FAIL) lamp pins of the slots that have their own lamps."""
         return {slot.name: (slot.lamp_pass, slot.lamp_fail) for slot in self.slots
                 if slot.lamp_pass is not None or slot.lamp_fail is not None}
+
+    @model_validator(mode="after")
+    def _signer_identity(self) -> StationConfig:
+        signer, tls = self.signer, self.broker.tls
+        if signer is not None and signer.cert is None and (tls is None or tls.cert is None):
+            raise ValueError("signer: the station needs a client certificate: give signer.cert "
+                             "and signer.key, or broker.tls.cert and broker.tls.key")
+        return self
+
+    def signer_identity(self) -> tuple[Path, Path] | None:
+        """The certificate and key the station shows the signing service."""
+        if self.signer is None:
+            return None
+        if self.signer.cert is not None and self.signer.key is not None:
+            return self.signer.cert, self.signer.key
+        tls = self.broker.tls
+        if tls is None or tls.cert is None or tls.key is None:
+            return None
+        return tls.cert, tls.key
 
     @model_validator(mode="after")
     def _unique_slots(self) -> StationConfig:
@@ -275,11 +315,13 @@ def _resolve_paths(raw: dict[str, Any], base: Path, state_dir: Path) -> None:
         if isinstance(value, str) and not Path(value).is_absolute():
             raw[section][key] = str((root / value).resolve())
     tls = raw.get("broker", {}).get("tls") if isinstance(raw.get("broker"), dict) else None
-    if isinstance(tls, dict):
+    for files in (tls, raw.get("signer")):
+        if not isinstance(files, dict):
+            continue
         for key in ("ca", "cert", "key"):
-            value = tls.get(key)
+            value = files.get(key)
             if isinstance(value, str) and not Path(value).is_absolute():
-                tls[key] = str(base / value)
+                files[key] = str(base / value)
 
 
 def format_problems(error: ValidationError) -> list[str]:

@@ -136,3 +136,21 @@ async def programmer(boards: Path) -> AsyncIterator[Any]:
     yield prog
     await prog.disconnect()
     prog.shutdown()
+
+
+@pytest.fixture(scope="session")
+def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One SoftHSM2 token for the session (the library reads its configuration once per
+    process); each signer test makes its own key on it."""
+    from agent.demo.signer import init_token
+
+    init_token(tmp_path_factory.mktemp("softhsm"))
+
+
+@pytest.fixture(scope="session")
+def signer_postgres() -> Iterator[str]:
+    """A private PostgreSQL cluster for the session (tests/private_postgres.py)."""
+    from tests.private_postgres import private_postgres
+
+    with private_postgres() as url:
+        yield url

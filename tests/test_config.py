@@ -84,3 +84,20 @@ def test_missing_and_unparsable_files(tmp_path: Path) -> None:
     broken.write_text("[station\nid = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(broken)
+
+
+def test_a_signer_needs_a_client_certificate_and_its_files_are_relative_to_the_config(
+        tmp_path: Path) -> None:
+    from agent.config import parse_config
+    from tests.helpers import station_raw
+
+    raw = station_raw(tmp_path, 1883) | {"signer": {"url": "https://signer:8443",
+                                                    "ca": "tls/plant-ca.pem"}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, source="station.toml", base=tmp_path)
+    assert "signer: the station needs a client certificate" in str(caught.value)
+    raw["signer"] |= {"cert": "tls/st.pem", "key": "tls/st.key"}
+    config = parse_config(raw, source="station.toml", base=tmp_path)
+    assert config.signer_identity() == (tmp_path / "tls/st.pem", tmp_path / "tls/st.key")
+    assert config.signer is not None
+    assert config.signer.ca == tmp_path / "tls/plant-ca.pem"

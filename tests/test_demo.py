@@ -26,6 +26,13 @@ def test_demo_programs_units_and_exits_zero_only_when_all_records_are_acknowledg
     assert "$ fixture-agent trace SN-001001" in out
     assert "serial SN-001001: PASS, routed to ship" in out
     assert "key hsm:release-boot-2026" in out
+    # the set requires signed factory data: each partition, read back, verifies with the plant key
+    checks = [line for line in out.splitlines() if "factory data: signature" in line]
+    assert len(checks) == 2
+    assert all(line.endswith("verifies with the plant key") for line in checks)
+    assert "2 partition(s) read back and checked, 0 problem(s)" in out
+    chained = [line for line in out.splitlines() if "chains to the plant device root" in line]
+    assert len(chained) == 2
 
     records_db = tmp_path / "plant" / "records.db"
     traced = fixture_agent("trace", "SN-001000", "--db", str(records_db), "--json")

@@ -31,15 +31,19 @@ def run(script: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_marked_blocks_are_there() -> None:
-    assert set(blocks()) == {"walkthrough", "secure-broker", "swd", "uart", "checks", "panel"}
+    assert set(blocks()) == {"walkthrough", "secure-broker", "swd", "uart", "checks", "panel",
+                             "signer"}
 
 
-@pytest.mark.parametrize("name", ["swd", "uart", "panel"])
+@pytest.mark.parametrize("name", ["swd", "uart", "panel", "signer"])
 def test_block_runs_as_written(name: str) -> None:
     result = run(blocks()[name], timeout=300)
     assert result.returncode == 0, f"{name}:\n{result.stdout}\n{result.stderr}"
     if name == "swd":
         assert "read back identical" in result.stdout
+    if name == "signer":
+        assert "signature verifies with the given public key" in result.stdout
+        assert "2 of 2 units signed" in result.stdout
 
 
 def test_static_checks_block_passes() -> None:

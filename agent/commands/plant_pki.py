@@ -33,6 +33,7 @@ def register(sub: Any) -> None:
     tools = parser.add_subparsers(dest="pki_command", required=True, metavar="STEP")
     _add_init(tools)
     _add_broker(tools)
+    _add_signer(tools)
     _add_issue(tools, "station", "a station's certificate (station CA)", STATION_DAYS)
     _add_issue(tools, "plant", "a plant role's certificate (plant CA)", PLANT_DAYS)
     _add_revoke(tools)
@@ -65,6 +66,24 @@ def _add_broker(tools: Any) -> None:
     broker.add_argument("--ip", action="append", default=[], help="IP address (repeat)")
     broker.add_argument("--days", type=int, default=BROKER_DAYS,
                         help="validity (default: %(default)s)")
+
+
+def _add_signer(tools: Any) -> None:
+    signer = _step(tools, "signer", "the factory-data signing service's server certificate "
+                                    "(plant CA)", _signer)
+    signer.add_argument("--out", type=Path, required=True, help="folder for signer.pem/.key")
+    signer.add_argument("--dns", action="append", default=[], help="host name (repeat)")
+    signer.add_argument("--ip", action="append", default=[], help="IP address (repeat)")
+    signer.add_argument("--days", type=int, default=BROKER_DAYS,
+                        help="validity (default: %(default)s)")
+
+
+def _signer(args: argparse.Namespace) -> int:
+    pki = PkiFolder(args.dir)
+    issued = pki.issue_server("signer", dns=args.dns, ips=args.ip, out=args.out,
+                              days=_days(args.days, "--days"), now=_now())
+    _print_issued(issued, "server certificate of the")
+    return 0
 
 
 def _add_issue(tools: Any, kind: str, help_text: str, days: int) -> None:

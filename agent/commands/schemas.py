@@ -1,4 +1,5 @@
-"""`fixture-agent schemas`: the JSON Schema of every message that crosses MQTT, from the models.
+"""`fixture-agent schemas`: the JSON Schema of every message that crosses MQTT (and the signing
+service's HTTPS), from the models.
 
 The schemas in ``docs/schemas/`` are generated, never edited: the models are the truth, and a test
 fails when a file no longer matches what this command writes. Plant systems written in other
@@ -17,11 +18,18 @@ from pydantic import BaseModel
 
 from agent.firmware.manifest import FirmwareSetManifest, SignedFirmwareSet
 from agent.wire.messages import Command, Job, RecordAck, Reject, StationStatus, UnitRecord
+from agent.wire.signing import (
+    CertifyRequest,
+    CertifyResponse,
+    SignRefusal,
+    SignRequest,
+    SignResponse,
+)
 
 # Every message on the wire, in the order a unit's life meets them.
 WIRE_MESSAGES: tuple[type[BaseModel], ...] = (
-    Job, FirmwareSetManifest, SignedFirmwareSet, Command, StationStatus, UnitRecord, RecordAck,
-    Reject,
+    Job, FirmwareSetManifest, SignedFirmwareSet, Command, StationStatus, SignRequest,
+    SignResponse, SignRefusal, CertifyRequest, CertifyResponse, UnitRecord, RecordAck, Reject,
 )
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 

@@ -19,6 +19,38 @@ DEMO_IMAGES = (
     ("filesystem", "filesystem", 0x000E_0000, 8 * 1024, "2026.11.1", "hsm:release-app-2026"),
 )
 MANUFACTURING = {"address": 0x000F_E000, "size": 4096}
+# The demo product's factory data: identity, provenance, a MAC from the plant's block (the unit
+# with serial number n gets F4:CE:36:00:00:00 + n) and two calibration slots at their defaults.
+FACTORY_FIELDS = (
+    {"tag": 1, "name": "serial", "source": "serial", "type": "text", "size": 24},
+    {"tag": 2, "name": "chip_uid", "source": "chip_uid", "type": "text", "size": 32},
+    {"tag": 3, "name": "product", "source": "product", "type": "text", "size": 32},
+    {"tag": 4, "name": "job", "source": "job", "type": "text", "size": 64},
+    {"tag": 5, "name": "station", "source": "station", "type": "text", "size": 48},
+    {"tag": 6, "name": "programmed_at", "source": "time", "type": "u64", "size": 8},
+    {"tag": 16, "name": "ble_mac", "source": "pool", "type": "hex", "size": 6,
+     "pool_first": 0xF4CE_3600_0000, "pool_count": 1_000_000},
+    {"tag": 32, "name": "adc_gain", "source": "calibration", "type": "u32", "size": 4,
+     "default": 1_000_000},
+    {"tag": 33, "name": "temp_offset", "source": "calibration", "type": "u32", "size": 4,
+     "default": 0},
+)
+
+
+# The virtual nRF52840's boards carry their own key's record here (agent.sim.nrf52840.boards);
+# the plant's certificate for it goes to the page below.
+DEVICE_CERTIFICATE = {"key_address": 0x000F_D000, "cert_address": 0x000F_C000, "cert_size": 1024}
+
+
+def signed_factory_data(region: dict[str, Any], *,
+                        device_certificate: bool = False) -> dict[str, Any]:
+    """A manufacturing section with the demo's field layout that the plant must sign, and a
+    device certificate for the part's own key when asked."""
+    section = {**region, "format_version": 1, "fields": list(FACTORY_FIELDS),
+               "signing": "required"}
+    if device_certificate:
+        section["device_certificate"] = DEVICE_CERTIFICATE
+    return section
 VALID_FLAG_FLASH = {"kind": "flash-word", "address": 0x000F_F000, "value": 0x600DF00D}
 VALID_FLAG_UICR = {"kind": "uicr", "address": 0x1000_1080, "value": 0x600DF00D}
 PRODUCT = "sensor-node"
@@ -61,15 +93,22 @@ def _image_file(path: Path, data: bytes, *, name: str, role: str, address: int, 
 
 def demo_manifest(images: list[dict[str, Any]], *, uicr_flag: bool, set_id: str,
                   sequence: int, activation: str = "next_job",
-                  lock: str = "on-request") -> dict[str, Any]:
-    """A firmware-set manifest (schema v2) of the demo product, valid for 30 days."""
+                  lock: str = "on-request", signed: bool = False,
+                  device_certificate: bool = False) -> dict[str, Any]:
+    """A firmware-set manifest (schema v2) of the demo product, valid for 30 days.
+
+    ``signed``: the factory data has a field layout and must be signed by the plant;
+    ``device_certificate``: the plant certifies the part's own key too (virtual nRF52840)."""
     now = datetime.now(UTC).replace(microsecond=0)
     return {"schema": "fixture-agent/firmware-set@2", "set_id": set_id, "product": PRODUCT,
             "sequence": sequence,
             "not_before": (now - timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
             "expires": (now + timedelta(days=30)).isoformat().replace("+00:00", "Z"),
             "target": {"family": "nrf52", "pyocd_target": "nrf52840"},
-            "images": images, "manufacturing": MANUFACTURING,
+            "images": images,
+            "manufacturing": signed_factory_data(MANUFACTURING,
+                                                 device_certificate=device_certificate)
+            if signed else MANUFACTURING,
             "valid_flag": VALID_FLAG_UICR if uicr_flag else VALID_FLAG_FLASH,
             "lock": lock, "activation": {"mode": activation}}
 
@@ -95,6 +134,7 @@ class ReleaseKey:
 # 0x08000000, then 64 KiB at 0x08010000; each region and the valid flag get sectors of their own,
 # because an erase takes whole sectors.
 STM32_PRODUCT = "gateway"
+STM32_MANUFACTURING = {"address": 0x0800_8000, "size": 1024}
 STM32_IMAGES = (
     ("bootloader", "bootloader", 0x0800_0000, 8 * 1024, "2.0.0", "hsm:gw-release"),
     ("filesystem", "filesystem", 0x0800_C000, 4 * 1024, "2.0.0", "hsm:gw-release"),
@@ -110,7 +150,7 @@ def write_stm32_images(folder: Path) -> list[dict[str, Any]]:
 
 
 def stm32_manifest(images: list[dict[str, Any]], *, set_id: str = "gateway-2.0",
-                   sequence: int = 1) -> dict[str, Any]:
+                   sequence: int = 1, signed: bool = False) -> dict[str, Any]:
     """A firmware-set manifest of the gateway (STM32F4 ROM bootloader), valid for a day."""
     now = datetime.now(UTC).replace(microsecond=0)
     return {"schema": "fixture-agent/firmware-set@2", "set_id": set_id,
@@ -118,7 +158,8 @@ def stm32_manifest(images: list[dict[str, Any]], *, set_id: str = "gateway-2.0",
             "not_before": (now - timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
             "expires": (now + timedelta(days=1)).isoformat().replace("+00:00", "Z"),
             "target": {"family": "stm32f4", "bootloader": "stm32f4"}, "images": images,
-            "manufacturing": {"address": 0x0800_8000, "size": 1024},
+            "manufacturing": signed_factory_data(STM32_MANUFACTURING) if signed
+            else STM32_MANUFACTURING,
             "valid_flag": {"kind": "flash-word", "address": 0x0800_4000, "value": 0x600DF00D}}
 
 

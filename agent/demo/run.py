@@ -18,8 +18,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.config import StationConfig, parse_config
+from agent.config import SignerSection, StationConfig, parse_config
+from agent.demo.factory_check import PartitionCheck
 from agent.demo.images import (
+    MANUFACTURING,
     ReleaseKey,
     demo_job,
     demo_manifest,
@@ -27,9 +29,13 @@ from agent.demo.images import (
     write_images,
     write_stm32_images,
 )
+from agent.demo.signer import KEY_LABEL, PlantPki, RunningSigner, init_token, running_signer
+from agent.firmware.crypto import public_key_pem
+from agent.plant.pki import cert_pem
 from agent.plant.publish import publish_retained
 from agent.plant.recorder import Recorder
 from agent.plant.records import RecordStore, open_record_db
+from agent.plant.signer import job_folder
 from agent.plant.trace import find_by_serial, format_trace, missing_sequences
 from agent.sim.broker import LocalBroker
 from agent.station.app import StationParts, build_hardware, serve
@@ -80,6 +86,7 @@ class DemoResult:
     records: list[UnitRecord]
     acknowledged: bool
     missing: list[int]
+    factory_problems: list[str]
 
 
 class Demo:
@@ -96,13 +103,31 @@ class Demo:
         self.records: list[UnitRecord] = []
         self._recorder: Recorder
         self._release_key = ReleaseKey()
+        self._check: PartitionCheck | None = None
 
     def say(self, line: str) -> None:
         """One line of demo output."""
         print(line, file=self.out, flush=True)
 
     async def run(self) -> DemoResult:
-        """Broker, recorder, station; publish the job; cycle the units; wait for the acks."""
+        """Broker, recorder, signer, station; publish the job; cycle the units; wait for acks."""
+        signer_dir = self.workdir / "signer"
+        await asyncio.to_thread(init_token, signer_dir)
+        pki = await asyncio.to_thread(PlantPki.create, signer_dir / "pki")
+        self._jobs_dir = signer_dir / "jobs"  # the service reads JOB_ID.json on each request
+        self._jobs_dir.mkdir(parents=True, exist_ok=True)
+        async with running_signer(signer_dir, pki=pki, jobs=job_folder(self._jobs_dir),
+                                  key_label=KEY_LABEL) as signer:
+            public_pem = signer_dir / "factory-data.pub.pem"
+            public_pem.write_text(public_key_pem(signer.public_key))
+            for name, cert in (("device-root", signer.device_root),
+                               ("device-intermediate", signer.device_intermediate)):
+                (signer_dir / f"{name}.pem").write_bytes(cert_pem(cert))
+            self.say(f"signer: {signer.url} signs factory data with {signer.key_ref} "
+                     f"(SoftHSM2 token in {signer_dir}; public key {public_pem})")
+            return await self._with_signer(pki, signer)
+
+    async def _with_signer(self, pki: PlantPki, signer: RunningSigner) -> DemoResult:
         broker = LocalBroker(self.workdir / "broker")
         await broker.start()
         self.say(f"broker: mosquitto on 127.0.0.1:{broker.port}")
@@ -112,7 +137,14 @@ class Demo:
         config = demo_config(workdir=self.workdir, broker_port=broker.port, backend=self.backend,
                              slots=self.slots,
                              trust=self._release_key.trust_section())
+        identity = pki.station(self.workdir / "station-tls", config.station.id)
+        config = config.model_copy(update={"signer": SignerSection(
+            url=signer.url, ca=signer.plant_ca, cert=identity.cert, key=identity.key)})
         hardware = await build_hardware(config)
+        self._check = PartitionCheck(bays=hardware.sim.bays, address=MANUFACTURING["address"],
+                                     size=MANUFACTURING["size"], public_key=signer.public_key,
+                                     keep=self.workdir / "partitions",
+                                     device_ca=signer.device_intermediate)
         started: asyncio.Future[StationParts] = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.TaskGroup() as group:
@@ -137,6 +169,8 @@ class Demo:
             verdict += f" {record.failure.code} at {record.failure.stage}"
         self.say(f"unit {len(self.records):>3}: serial {record.serial} chip {record.chip_uid} "
                  f"slot {record.slot}: {verdict} in {total:.0f} ms (record seq {record.seq})")
+        if self._check is not None:
+            self.say(f"          {self._check.check(record)}")
 
     async def _scenario(self, config: StationConfig, parts: StationParts, sim: Any,
                         endpoint: BrokerEndpoint, db: Any) -> DemoResult:
@@ -144,11 +178,13 @@ class Demo:
         await asyncio.wait_for(self._recorder.connected.wait(), 10)
         topics = StationTopics(config.station.id)
         if self.backend == "stm32-uart":
-            manifest = stm32_manifest(write_stm32_images(self.workdir / "images"))
+            manifest = stm32_manifest(write_stm32_images(self.workdir / "images"), signed=True)
         else:
             manifest = demo_manifest(write_images(self.workdir / "images"),
                                      uicr_flag=self.backend == "pyocd",
-                                     set_id="sensor-node-2026.11", sequence=7)
+                                     set_id="sensor-node-2026.11", sequence=7, signed=True,
+                                     device_certificate=self.backend == "pyocd")
+        (self.workdir / "set.json").write_text(json.dumps(manifest, indent=1))
         signed = self._release_key.sign(manifest)
         await publish_retained(endpoint, topics.firmware_set, signed, client_id="plant-demo")
         self.say(f"firmware set {manifest['set_id']} (sequence {manifest['sequence']}, "
@@ -158,6 +194,7 @@ class Demo:
         job = demo_job(set_id=manifest["set_id"], job_id=f"demo-{int(time.time())}",
                        station=config.station.id, units=panels * len(config.slots),
                        product=manifest["product"])
+        (self._jobs_dir / f"{job['job_id']}.json").write_text(json.dumps(job))
         await publish_retained(endpoint, topics.job, json.dumps(job).encode(),
                                client_id="plant-demo")
         self.say(f"job {job['job_id']}: {job['quantity']} x {job['product']} with firmware set "
@@ -180,7 +217,11 @@ class Demo:
                 self.say(f"\ntrace of serial {serial} (this run's files are removed when it ends; "
                          "keep them with --workdir DIR to trace serials afterwards):")
             self.say(format_trace(await find_by_serial(db, serial)))
-        return DemoResult(records=self.records, acknowledged=acknowledged, missing=missing)
+        if self._check is not None and self._check.checked:
+            self.say(f"factory data: {self._check.checked} partition(s) read back and checked, "
+                     f"{len(self._check.problems)} problem(s)")
+        return DemoResult(records=self.records, acknowledged=acknowledged, missing=missing,
+                          factory_problems=self._check.problems if self._check else [])
 
     async def _wait_for_acks(self, parts: StationParts) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -197,5 +238,6 @@ def run_demo(*, units: int, workdir: Path, backend: str, kept: bool = True,
     result = asyncio.run(Demo(units=units, workdir=workdir, backend=backend, out=sys.stdout,
                               kept=kept, slots=slots).run())
     expected = -(-units // slots) * slots
-    ok = result.acknowledged and len(result.records) == expected and not result.missing
+    ok = (result.acknowledged and len(result.records) == expected and not result.missing
+          and not result.factory_problems)
     return 0 if ok else 1

@@ -32,10 +32,16 @@ class TokenError(AgentError):
     """The token, the key on it, or the PIN is not usable; the message says which."""
 
 
-def _open_session(module: Path, token_label: str, pin: str, *, rw: bool = False) -> Any:
+def open_session(module: Path, token_label: str, pin: str, *, rw: bool = False) -> Any:
+    """A logged-in session on the token; TokenError says why not."""
     try:
         token = pkcs11.lib(str(module)).get_token(token_label=token_label)
-        return token.open(user_pin=pin, rw=rw)
+        try:
+            return token.open(user_pin=pin, rw=rw)
+        except pkcs11.exceptions.UserAlreadyLoggedIn:
+            # Login is per process and token: a second key (the signing service holds two)
+            # opens its session on the login the first one made.
+            return token.open(rw=rw)
     except pkcs11.exceptions.NoSuchToken:
         raise TokenError(f"no token labelled {token_label!r} in {module}") from None
     except pkcs11.exceptions.PinIncorrect:
@@ -44,7 +50,7 @@ def _open_session(module: Path, token_label: str, pin: str, *, rw: bool = False)
         raise TokenError(f"cannot open token {token_label!r} in {module}: {exc!r}") from None
 
 
-def _public_key_of(public: Any) -> PublicKey:
+def public_key_of(public: Any) -> PublicKey:
     """The token's public key object as a ``cryptography`` key."""
     if public.key_type == KeyType.EC_EDWARDS:
         point = bytes(public[Attribute.EC_POINT])
@@ -62,7 +68,7 @@ def generate_on_token(
 ) -> tuple[str, str]:
     """Create a non-extractable signing key pair on the token; returns (fingerprint, PEM)."""
     key_type, curve, mechanism = _CURVES[alg]
-    session = _open_session(module, token_label, pin, rw=True)
+    session = open_session(module, token_label, pin, rw=True)
     try:
         params = session.create_domain_parameters(
             key_type, {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)}, local=True
@@ -71,7 +77,7 @@ def generate_on_token(
             store=True, label=key_label, mechanism=mechanism,
             private_template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False},
         )
-        key = _public_key_of(public)
+        key = public_key_of(public)
     except pkcs11.exceptions.PKCS11Error as exc:
         raise TokenError(f"the token could not generate an {alg} key: {exc!r}") from None
     finally:
@@ -85,11 +91,11 @@ class Pkcs11Signer:
     def __init__(
         self, *, module: Path, token_label: str, key_label: str, pin: str, key_id: str | None
     ) -> None:
-        self._session = _open_session(module, token_label, pin)
+        self._session = open_session(module, token_label, pin)
         try:
             self._private = self._session.get_key(ObjectClass.PRIVATE_KEY, label=key_label)
             public = self._session.get_key(ObjectClass.PUBLIC_KEY, label=key_label)
-            self._public = _public_key_of(public)
+            self._public = public_key_of(public)
         except (pkcs11.exceptions.NoSuchKey, pkcs11.exceptions.MultipleObjectsReturned):
             self._session.close()
             raise TokenError(f"token {token_label!r} holds no single key pair labelled "

@@ -48,4 +48,9 @@ def format_trace(records: list[dict[str, Any]]) -> str:
             lines.append(f"    {image['name']:<14} {image['version']:<16} "
                          f"sha256 {image['sha256']}  key {image['key_ref']}  "
                          f"@0x{image['address']:08X}+{image['size']}  {check}")
+            if image.get("signature_id"):
+                lines.append(f"    {'':<14} signature {image['signature_id']}")
+        if (cert := r.get("device_certificate")) is not None:
+            lines.append(f"  device certificate {cert['serial']} issued by {cert['issuer']} "
+                         f"(key {cert['key_ref']})")
     return "\n".join(lines)

@@ -29,6 +29,7 @@ from agent.station.intake import JobIntake, SetIntake
 from agent.station.jobs import JobBook
 from agent.station.link import Link
 from agent.station.outbox import Outbox
+from agent.station.signing import SignerClient
 from agent.station.station import Station, StationLimits
 from agent.station.status import StatusBoard
 from agent.station.store import StationStore
@@ -168,7 +169,7 @@ def broker_endpoint(config: StationConfig) -> BrokerEndpoint:
 
 def assemble(config: StationConfig, hardware: Hardware, store: StationStore,
              rollout: RolloutManager, status: StatusBoard,
-             sets_changed: asyncio.Event) -> StationParts:
+             sets_changed: asyncio.Event, signer: SignerClient | None = None) -> StationParts:
     """Wire the station's parts together (no I/O)."""
     station_id = config.station.id
     limits = config.limits
@@ -177,7 +178,7 @@ def assemble(config: StationConfig, hardware: Hardware, store: StationStore,
     station = Station(
         station_id=station_id, fixture=hardware.fixture, programmers=hardware.programmers,
         store=store, jobs=jobs, outbox=outbox, status=status, rollout=rollout,
-        sets_changed=sets_changed,
+        sets_changed=sets_changed, signer=signer,
         limits=StationLimits(outbox_max_records=limits.outbox_max_records,
                              min_free_disk_mb=limits.min_free_disk_mb,
                              unit_timeout_s=limits.unit_timeout_s,
@@ -243,7 +244,10 @@ async def serve(config: StationConfig, hardware: Hardware, *, notifier: Notifier
         sets_changed = asyncio.Event()
         rollout = await teardown.enter_async_context(
             firmware_sets(config, status, sets_changed))
-        parts = assemble(config, hardware, store, rollout, status, sets_changed)
+        signer = SignerClient.from_config(config)
+        if signer is not None:
+            teardown.push_async_callback(signer.aclose)
+        parts = assemble(config, hardware, store, rollout, status, sets_changed, signer)
         await parts.jobs.load()
         async with asyncio.TaskGroup() as group:
             station_task = group.create_task(parts.station.run(), name="station")

@@ -20,8 +20,10 @@ from enum import StrEnum
 from agent import __version__
 from agent.errors import FailureCode, UnitFailure
 from agent.hw.programmer import ConnectOptions, Programmer, Region, ValidFlag
-from agent.station import mfgdata, rework
+from agent.station import rework
+from agent.station.factory import PlantSigner, build_partition, device_certificate
 from agent.wire.messages import (
+    DeviceCertificate,
     Failure,
     FirmwareSet,
     ImageResult,
@@ -40,6 +42,7 @@ class Stage(StrEnum):
     CONNECT = "connect"
     IDENTIFY = "identify"
     SERIALIZE = "serialize"
+    SIGN = "sign"
     INVALIDATE = "invalidate"
     PROGRAM = "program"
     VERIFY = "verify"
@@ -105,6 +108,8 @@ class UnitRun:
     valid_flag_set: bool = False
     locked: bool = False
     recovered_locked_part: bool = False
+    signature_id: str | None = None
+    device_certificate: DeviceCertificate | None = None
     images: dict[str, ImageResult] = field(default_factory=dict)
     timings: list[StageTiming] = field(default_factory=list)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -159,7 +164,8 @@ class UnitRun:
             outcome="pass" if self.passed else "fail",
             routing="ship" if self.passed else "rework", failure=failure, aborted=self.aborted,
             valid_flag_set=self.valid_flag_set, lock_requested=self.plan.lock, locked=self.locked,
-            recovered_locked_part=self.recovered_locked_part, agent_version=__version__,
+            recovered_locked_part=self.recovered_locked_part,
+            device_certificate=self.device_certificate, agent_version=__version__,
         )
 
 
@@ -172,35 +178,50 @@ def _planned_images(run: UnitRun) -> list[tuple[ImageSpec, bytes]]:
     return [(spec, run.plan.images[spec.name]) for spec in images]
 
 
-def _manufacturing(run: UnitRun) -> tuple[ImageSpec, bytes] | None:
+async def _manufacturing(run: UnitRun, programmer: Programmer,
+                         signer: PlantSigner | None) -> list[tuple[ImageSpec, bytes]]:
+    """The per-unit regions: the partition (signed when the set says so), the certificate."""
     fs = run.plan.programmable_set()
-    if fs.manufacturing is None:
-        return None
+    layout = fs.manufacturing
+    if layout is None:
+        return []
+    now = datetime.now(UTC)
     fields = {"serial": run.serial or "", "chip_uid": run.chip_uid or "",
               "product": fs.product, "job_id": run.plan.job.job_id,
               "station": run.plan.station_id, "slot": run.slot,
-              "programmed_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    try:
-        data = mfgdata.build(size=fs.manufacturing.size, fields=fields)
-    except mfgdata.ManufacturingDataTooLarge as exc:
-        raise UnitFailure(code=FailureCode.INTERNAL, stage=Stage.SERIALIZE, detail=str(exc),
-                          region="manufacturing") from None
-    spec = ImageSpec(name="manufacturing", role="manufacturing",
-                     address=fs.manufacturing.address, size=fs.manufacturing.size,
-                     sha256=hashlib.sha256(data).hexdigest(),
-                     version=f"mfgdata-{mfgdata.FORMAT_VERSION}",
-                     key_ref="unsigned:station-generated", url="station:generated")
-    return spec, data
+              "programmed_at": now.isoformat(timespec="seconds")}
+    if layout.signing == "required" or layout.device_certificate is not None:
+        run.enter(Stage.SIGN)
+    partition = await build_partition(layout=layout, job=run.plan.job, values=fields,
+                                      at=int(now.timestamp()), stage=str(run.stage),
+                                      signer=signer)
+    run.signature_id = partition.signature_id
+    regions = [(partition.spec, partition.data)]
+    if layout.device_certificate is not None:
+
+        async def read(address: int, size: int) -> bytes:
+            return await programmer.read(Region("device-key", address, size))
+
+        spec, blob, run.device_certificate = await device_certificate(
+            spec=layout.device_certificate, job=run.plan.job, serial=fields["serial"],
+            chip_uid=fields["chip_uid"], read=read, signer=signer, stage=str(run.stage))
+        regions.append((spec, blob))
+    return regions
 
 
-def _result(spec: ImageSpec) -> ImageResult:
+def _result(spec: ImageSpec, signature_id: str | None) -> ImageResult:
     return ImageResult(name=spec.name, role=spec.role, version=spec.version,
                        address=spec.address, size=spec.size, sha256=spec.sha256,
-                       key_ref=spec.key_ref)
+                       key_ref=spec.key_ref,
+                       signature_id=signature_id if spec.name == "manufacturing" else None)
 
 
-async def program_unit(run: UnitRun, programmer: Programmer, *, take_serial: TakeSerial) -> None:
-    """Run the slot's stages from CONNECT through LOCK; raises UnitFailure or ProgrammerError."""
+async def program_unit(run: UnitRun, programmer: Programmer, *, take_serial: TakeSerial,
+                       signer: PlantSigner | None = None) -> None:
+    """Run the slot's stages from CONNECT through LOCK; raises UnitFailure or ProgrammerError.
+
+    ``signer`` is the plant signing service (a set that requires signed factory data fails the
+    unit without it, before anything is written)."""
     job = run.plan.job
     fs = run.plan.programmable_set()
     run.enter(Stage.CONNECT)
@@ -217,11 +238,9 @@ async def program_unit(run: UnitRun, programmer: Programmer, *, take_serial: Tak
         raise UnitFailure(code=FailureCode.SERIALS_EXHAUSTED, stage=Stage.SERIALIZE,
                           detail=f"job {job.job_id} has no serials left")
     planned = _planned_images(run)
-    manufacturing = _manufacturing(run)
-    if manufacturing is not None:
-        planned.append(manufacturing)
+    planned += await _manufacturing(run, programmer, signer)
     for spec, _ in planned:
-        run.images[spec.name] = _result(spec)
+        run.images[spec.name] = _result(spec, run.signature_id)
 
     flag = ValidFlag(kind=fs.valid_flag.kind, address=fs.valid_flag.address,
                      value=fs.valid_flag.value)

@@ -26,6 +26,7 @@ from agent.station.cycle import Stage, UnitPlan, UnitRun, program_unit
 from agent.station.jobs import InterruptedUnit, JobBook
 from agent.station.outbox import Outbox
 from agent.station.panel import SerialTurns
+from agent.station.signing import SignerClient
 from agent.station.status import StatusBoard
 from agent.station.store import StationStore
 from agent.wire.codec import encode
@@ -53,7 +54,7 @@ class Station:
     def __init__(self, *, station_id: str, fixture: Fixture, programmers: dict[str, Programmer],
                  store: StationStore, jobs: JobBook, outbox: Outbox, status: StatusBoard,
                  limits: StationLimits, rollout: RolloutManager,
-                 sets_changed: asyncio.Event) -> None:
+                 sets_changed: asyncio.Event, signer: SignerClient | None = None) -> None:
         self._id = station_id
         self._fixture = fixture
         self._programmers = programmers
@@ -64,6 +65,7 @@ class Station:
         self._limits = limits
         self._rollout = rollout
         self._sets_changed = sets_changed
+        self._signer = signer
         self._plan: UnitPlan | None = None
         self._prepared_for: ConnectOptions | None = None
         self._abort_code: FailureCode | None = None
@@ -272,10 +274,15 @@ class Station:
                 slot=slot, chip_uid=chip_uid, manifest_digest=digest))
 
         try:
-            await program_unit(run, programmer, take_serial=take_serial)
+            await program_unit(run, programmer, take_serial=take_serial,
+                               signer=self._signer)
             self._raise_if_aborted(run)  # aborted after the last programmer call returned
+            if run.signature_id is not None:
+                self._status.update(signing_error=None)
         except UnitFailure as failure:
             run.fail(failure, aborted=self._abort_code is not None)
+            if failure.code in (FailureCode.SIGNING_REFUSED, FailureCode.SIGNER_UNREACHABLE):
+                self._status.update(signing_error=f"slot {run.slot}: {failure.detail}")
         except ProgrammerError as exc:
             code = self._abort_code or exc.code
             run.fail(UnitFailure(code=code, stage=str(run.stage), detail=str(exc),

@@ -11,42 +11,23 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import Field, model_validator
 
-MAX_IMAGE_BYTES = 64 * 1024 * 1024
+from agent.wire.factory_layout import FactoryField, ManufacturingSpec
+from agent.wire.messages_base import (
+    MAX_IMAGE_BYTES,
+    ROLE_ORDER,
+    Address,
+    Ident,
+    ImageRole,
+    Sha256Hex,
+    Text,
+    Wire,
+    Word,
+)
 
-
-def _int_or_hex(value: object) -> object:
-    """Addresses may be written as integers or as "0x..." strings (manifests are read by people)."""
-    if isinstance(value, str) and value.lower().startswith("0x"):
-        try:
-            return int(value, 16)
-        except ValueError:
-            return value
-    return value
-
-
-# What the JSON may hold for a 32-bit address or word: the schema says so for other languages.
-_U32_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 0xFFFF_FFFF},
-                         {"type": "string", "pattern": "^0[xX][0-9a-fA-F]{1,8}$"}]}
-Address = Annotated[int, BeforeValidator(_int_or_hex), Field(ge=0, le=0xFFFF_FFFF),
-                    WithJsonSchema(_U32_SCHEMA)]
-Word = Annotated[int, BeforeValidator(_int_or_hex), Field(ge=0, le=0xFFFF_FFFF),
-                 WithJsonSchema(_U32_SCHEMA)]
-Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
-Text = Annotated[str, Field(min_length=1, max_length=200)]
-ImageRole = Literal["bootloader", "application", "filesystem", "manufacturing"]
-
-ROLE_ORDER: dict[str, int] = {
-    "bootloader": 0, "application": 1, "filesystem": 2, "manufacturing": 3,
-}
-
-
-class Wire(BaseModel):
-    """Base of every wire model: frozen, no unknown keys, no silent type coercion."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+__all__ = ["MAX_IMAGE_BYTES", "ROLE_ORDER", "Address", "FactoryField", "Ident", "ImageRole",
+           "ManufacturingSpec", "Sha256Hex", "Text", "Wire", "Word"]
 
 
 class ImageSpec(Wire):
@@ -66,13 +47,6 @@ class ImageSpec(Wire):
         if self.address + self.size > 0x1_0000_0000:
             raise ValueError(f"image {self.name} runs past the 32-bit address space")
         return self
-
-
-class ManufacturingSpec(Wire):
-    """The per-unit manufacturing partition the station generates for every unit."""
-
-    address: Address
-    size: Annotated[int, Field(ge=64, le=64 * 1024)]
 
 
 class ValidFlagSpec(Wire):
@@ -117,6 +91,10 @@ class FirmwareSet(Wire):
         if self.manufacturing is not None:
             m = self.manufacturing
             spans = sorted([*spans, (m.address, m.address + m.size, "manufacturing")])
+            if (cert := m.device_certificate) is not None:
+                spans = sorted([*spans, (cert.key_address, cert.key_address + 128, "device-key"),
+                                (cert.cert_address, cert.cert_address + cert.cert_size,
+                                 "device-certificate")])
         for (_, end_a, name_a), (start_b, _, name_b) in pairwise(spans):
             if start_b < end_a:
                 raise ValueError(f"regions {name_a} and {name_b} overlap")
@@ -193,6 +171,8 @@ class ImageResult(Wire):
     size: int
     sha256: str
     key_ref: str
+    signature_id: str | None = Field(None, description="the plant signing service's id of "
+                                                       "the signature (manufacturing only)")
     readback_sha256: str | None = None
     verified: bool = False
 
@@ -212,6 +192,14 @@ class Failure(Wire):
     stage: str
     detail: str
     region: str | None = None
+
+
+class DeviceCertificate(Wire):
+    """The certificate the plant issued for the part's own key."""
+
+    serial: str = Field(description="certificate serial number, hex")
+    issuer: str = Field(description="issuer name (RFC 4514)")
+    key_ref: str = Field(description="the issuing key on the plant's HSM")
 
 
 class UnitRecord(Wire):
@@ -242,6 +230,7 @@ class UnitRecord(Wire):
     lock_requested: bool = False
     locked: bool = False
     recovered_locked_part: bool = False
+    device_certificate: DeviceCertificate | None = None
     agent_version: str
 
 
@@ -291,6 +280,8 @@ class StationStatus(Wire):
     outbox_depth: int = 0
     last_seq: int = 0
     link_error: str | None = None
+    signing_error: str | None = Field(None, description="why the last unit got no signed "
+                                                        "factory data (cleared on success)")
     rollout: dict[str, Any] | None = None
     agent_version: str = ""
     at: datetime | None = None

@@ -28,8 +28,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from agent.firmware import device_key
+
 FLASH_SIZE = 1024 * 1024
 PAGE_SIZE = 4096
+# Where a new (unlocked) board carries the public key its own firmware made (a P-256 key record,
+# agent.firmware.device_key): what a part that keeps its key would leave for the line to certify.
+DEVICE_KEY_ADDRESS = 0x000F_D000
 UICR_BASE = 0x10001000
 UICR_SIZE = 4096
 FICR_BASE = 0x10000000
@@ -150,6 +158,11 @@ def _new_board_files(folder: Path, spec: BoardSpec, *, locked: bool) -> None:
         # A locked part carries some firmware: tests must be able to tell it was not erased.
         flash[: 4 * PAGE_SIZE] = bytes(i & 0xFF for i in range(4 * PAGE_SIZE))
         uicr[APPROTECT_OFFSET : APPROTECT_OFFSET + 4] = b"\x00\x00\x00\x00"
+    else:
+        record = device_key.key_record(ec.generate_private_key(ec.SECP256R1()).public_key()
+                                       .public_bytes(Encoding.X962,
+                                                     PublicFormat.UncompressedPoint))
+        flash[DEVICE_KEY_ADDRESS : DEVICE_KEY_ADDRESS + len(record)] = record
     (folder / "flash.bin").write_bytes(flash)
     (folder / "uicr.bin").write_bytes(uicr)
     _write_json(folder / "board.json", asdict(spec) | {"stuck_words": list(spec.stuck_words)})
