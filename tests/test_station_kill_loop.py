@@ -102,6 +102,14 @@ def read_station(db_path: Path, sql: str) -> list[tuple[object, ...]]:
         db.close()
 
 
+def unit_in_progress(db_path: Path) -> bool:
+    """A unit was cut off mid-way (a kill before the schema exists leaves an empty file)."""
+    if not db_path.exists():
+        return False
+    tables = read_station(db_path, "SELECT 1 FROM sqlite_master WHERE name = 'units_in_progress'")
+    return bool(tables) and bool(read_station(db_path, "SELECT 1 FROM units_in_progress"))
+
+
 def integrity(path: Path) -> str:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -138,7 +146,7 @@ async def test_kill_loop_one_record_per_unit_under_random_sigkills(
             else:
                 process.send_signal(signal.SIGKILL)
             assert await process.wait() == -signal.SIGKILL, f"seed {seed}: the station exited early"
-            if station_db.exists() and read_station(station_db, "SELECT 1 FROM units_in_progress"):
+            if unit_in_progress(station_db):
                 mid_unit += 1
     finally:
         trigger.close()
