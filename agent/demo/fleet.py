@@ -49,6 +49,7 @@ class FleetOptions:
     operator_token: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     tick_s: float = 0.2
     rollout_timeout_s: float = 240.0
+    engine: bool = True  # False: the caller runs its own engine (tests restart it)
 
 
 def fleet_station_config(*, workdir: Path, port: int, station: str, trust: dict[str, Any],
@@ -84,6 +85,8 @@ class FleetDemo:
         self.plant: PlantParts | None = None
         self.endpoint: BrokerEndpoint | None = None
         self._jobs: dict[str, str] = {}
+        self.station_tasks: dict[str, asyncio.Task[None]] = {}
+        self.baseline_done = asyncio.Event()
 
     def say(self, line: str) -> None:
         """One line of the story."""
@@ -115,7 +118,7 @@ class FleetDemo:
         faults = [{"sha256": bad_sha, "rate": self.options.fault_rate}]
         plant_ready: asyncio.Future[PlantParts] = asyncio.get_running_loop().create_future()
         options = PlantOptions(db=self.workdir / "plant" / "records.db", endpoint=self.endpoint,
-                               rollouts=True, console=self.options.console,
+                               rollouts=self.options.engine, console=self.options.console,
                                operator_token=self.options.operator_token,
                                tick_s=self.options.tick_s)
         result: dict[str, str] = {}
@@ -130,8 +133,10 @@ class FleetDemo:
                      f"{self.options.operator_token})")
             tasks = [group.create_task(self._station(name, port, faults), name=name)
                      for name in self.names]
+            self.station_tasks = dict(zip(self.names, tasks, strict=True))
             mes = group.create_task(self._mes(), name="mes")
             await self._baseline(good_a)
+            self.baseline_done.set()
             if scenario:
                 result["bad"] = await self._rollout(bad_b, "bad")
                 result["good"] = await self._rollout(good_c, "good")
