@@ -37,7 +37,8 @@ function renderRollouts() {
   $("#rollouts").innerHTML = state.rollouts.map((r) => {
     const waves = r.waves.map((w) => `<span class="wave ${w.state}" data-wave="${w.index + 1}">` +
       `wave ${w.index + 1}: ${w.state} (${w.stations.length})</span>`).join("");
-    const buttons = ["approve", "pause", "resume", "abort"].map((a) =>
+    const finished = ["completed", "rolled_back"].includes(r.state);
+    const buttons = finished ? "" : ["approve", "pause", "resume", "abort"].map((a) =>
       `<button data-action="${a}" data-rollout="${r.rollout_id}">${a}</button>`).join(" ");
     const decisions = r.decisions.slice(-8).reverse().map((d) =>
       `<li>${since(d.at)} ${esc(d.kind)} (${esc(d.actor)}): ${esc(d.summary)}` +
@@ -50,7 +51,7 @@ function renderRollouts() {
 }
 
 function renderUnits() {
-  $("#units").innerHTML = state.units.slice(0, 30).map((u) =>
+  $("#units").innerHTML = state.units.slice(0, 12).map((u) =>
     `<li><span class="${u.outcome}">${u.outcome.toUpperCase()}</span> ${esc(u.serial)} ` +
     `${esc(u.station)} ${esc(u.set_id)} ${u.failure_code ? esc(u.failure_code) : ""}</li>`)
     .join("");
