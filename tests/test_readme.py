@@ -31,15 +31,18 @@ def run(script: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_marked_blocks_are_there() -> None:
-    assert set(blocks()) == {"walkthrough", "secure-broker", "swd", "uart", "checks", "panel"}
+    assert set(blocks()) == {"walkthrough", "secure-broker", "swd", "uart", "checks", "panel",
+                              "fleet"}
 
 
-@pytest.mark.parametrize("name", ["swd", "uart", "panel"])
+@pytest.mark.parametrize("name", ["swd", "uart", "panel", "fleet"])
 def test_block_runs_as_written(name: str) -> None:
     result = run(blocks()[name], timeout=300)
     assert result.returncode == 0, f"{name}:\n{result.stdout}\n{result.stderr}"
     if name == "swd":
         assert "read back identical" in result.stdout
+    if name == "fleet":
+        assert "fleet demo: bad set rolled_back, good set completed: as expected" in result.stdout
 
 
 def test_static_checks_block_passes() -> None:
