@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -146,5 +147,35 @@ async def test_first_pass_yield_counts_each_serial_once_by_its_first_attempt(
         per_station = await yields.station_yields()
         assert per_station["st-02"].fpy_pct == 100.0
         assert [u.serial for u in await yields.last_units(limit=2)] != []
+    finally:
+        await db.close()
+
+
+async def test_engine_keeps_going_while_the_broker_is_away(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from agent.plant.fleet import FleetWatch
+    from agent.plant.rollout.engine import RolloutEngine
+    from agent.sim.broker import free_port
+    from agent.wire.mqtt import BrokerEndpoint
+
+    endpoint = BrokerEndpoint(host="127.0.0.1", port=free_port())  # nobody listens there
+    db = await open_rollout_db(tmp_path / "plant.db")
+    try:
+        store = RolloutStore(db)
+        rollout_id = await store.create(plan(), by="ana", approved=True)
+        fleet = FleetWatch(endpoint=endpoint, client_id="t-fleet")
+        fleet.connected.set()
+        engine = RolloutEngine(store=store, yields=SqliteYields(db), fleet=fleet,
+                               endpoint=endpoint, tick_s=0.05)
+        task = asyncio.create_task(engine.run())
+        async with asyncio.timeout(30):
+            while "rollout tick failed" not in caplog.text:  # noqa: ASYNC110 (a log line)
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        assert not task.done()  # the failed publish was logged, not fatal
+        task.cancel()
+        rollout = await store.load(rollout_id)
+        assert rollout.waves[0].state == WaveState.ACTIVATING
+        assert all(s.published_at is None for s in rollout.steps)  # nothing claimed as sent
     finally:
         await db.close()

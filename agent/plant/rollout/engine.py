@@ -15,6 +15,8 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 
+import aiomqtt
+
 from agent.plant.fleet import FleetWatch
 from agent.plant.publish import publish_once, publish_retained
 from agent.plant.rollout.model import (
@@ -28,7 +30,7 @@ from agent.plant.rollout.store import RolloutStore, now_utc
 from agent.plant.rollout.yields import SetYield, YieldSource, judge
 from agent.wire.codec import encode
 from agent.wire.messages import Command
-from agent.wire.mqtt import BrokerEndpoint
+from agent.wire.mqtt import BrokerEndpoint, PublishRefused
 from agent.wire.topics import StationTopics
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,8 @@ class RolloutEngine:
         while True:
             try:
                 await self.tick()
-            except OSError as exc:
+            except (OSError, aiomqtt.MqttError, PublishRefused) as exc:
+                # the broker away or refusing (an ACL): nothing is lost, the next tick retries
                 log.warning("rollout tick failed, trying again: %s", exc)
             await asyncio.sleep(self._tick_s)
 
