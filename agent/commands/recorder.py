@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.commands.common import CommandLineError, add_broker_options, endpoint_from
+from agent.errors import AgentError
 from agent.plant.records import open_record_db
 from agent.plant.trace import find_by_serial, format_trace
 from agent.wire.mqtt import RECONNECT_MAX_S
@@ -65,7 +66,14 @@ def _recorder(args: argparse.Namespace) -> int:
         if parts.console is not None:
             print(f"plant console: {parts.console.url}", flush=True)
 
-    asyncio.run(serve_plant(options, started))
+    problems: list[str] = []
+    try:
+        asyncio.run(serve_plant(options, started))
+    except* AgentError as group:
+        problems = [str(exc) for exc in group.exceptions]
+    if problems:
+        print(f"fixture-agent recorder: {'; '.join(problems)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -37,6 +37,10 @@ STATIC = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascri
           "/app.css": ("app.css", "text/css")}
 
 
+class ConsoleUnavailable(AgentError):
+    """The console's address cannot be served (in use, not this machine's)."""
+
+
 class Console:
     """The web console; ``run()`` serves until cancelled, ``url`` says where."""
 
@@ -70,7 +74,11 @@ class Console:
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
         try:
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ConsoleUnavailable(f"the console cannot listen on {self._host}:"
+                                         f"{self._port}: {exc.strerror or exc}") from None
             port = runner.addresses[0][1] if runner.addresses else self._port
             self.url = f"http://{self._host}:{port}/"
             self.ready.set()
