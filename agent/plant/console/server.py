@@ -70,7 +70,8 @@ class Console:
 
     async def run(self) -> None:
         """Serve until cancelled."""
-        runner = web.AppRunner(self.app(), access_log=None)
+        # open event streams end with the service, not after a minute of grace
+        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
         try:
