@@ -166,3 +166,57 @@ def test_rollout_commands_answer_in_sentences(tmp_path: Path) -> None:
     status = cli("status", "1", "--db", db)
     assert "RUNNING" in status.stdout
     assert "approved by bo" in status.stdout
+
+
+async def test_station_offline_mid_wave_fails_it_after_the_timeout_and_abort_rolls_back(
+        tmp_path: Path) -> None:
+    demo = FleetDemo(workdir=tmp_path, out=io.StringIO(),
+                     options=FleetOptions(stations=2, min_units=3, tick_s=0.1))
+    fleet_task = asyncio.create_task(demo.run(scenario=False, stay=True))
+    db = await open_rollout_db(tmp_path / "plant" / "records.db")
+    try:
+        await asyncio.wait_for(demo.baseline_done.wait(), 120)
+        assert demo.plant is not None
+        assert demo.plant.fleet is not None
+        fleet = demo.plant.fleet
+        signed, _ = demo.signed(GOOD, 9, "c")
+        store = RolloutStore(db)
+        gate = Gate(min_units=100_000, action="pause", offline_timeout_s=1)  # never judged
+        rollout_id = await store.create(RolloutPlan(
+            set_id=GOOD, product="sensor-node", signed_set=signed.decode(),
+            stations=("fleet-01", "fleet-02"), waves=("100%",), gate=gate,
+            target="stations fleet-01,fleet-02"), by="test", approved=True)
+
+        async def rollout_is(state: RolloutState) -> bool:
+            return (await store.load(rollout_id)).state == state
+
+        async def measuring() -> bool:
+            return (await store.load(rollout_id)).waves[0].state == WaveState.MEASURING
+
+        await wait_for(measuring)
+        demo.station_tasks["fleet-02"].cancel()
+        await wait_for(lambda: rollout_is(RolloutState.PAUSED))
+        rollout = await store.load(rollout_id)
+        assert rollout.waves[0].state == WaveState.FAILED
+        last = rollout.decisions[-1]
+        assert last.kind == "offline"
+        assert last.summary.startswith("wave 1: fleet-02 offline for more than 1 s")
+
+        await store.move(rollout_id, RolloutState.ROLLING_BACK, kind="abort", actor="test",
+                         summary="aborted")
+
+        async def fleet01_back() -> bool:
+            return fleet.active_set("fleet-01", "sensor-node") == BEFORE
+
+        await wait_for(fleet01_back)
+        decisions = (await store.load(rollout_id)).decisions
+        kinds = [(d.kind, d.summary.split(":")[0]) for d in decisions]
+        assert ("rollback", "fleet-01") in kinds
+        # fleet-02 went away on the new set: the rollback waits for it, it is not declared done
+        await asyncio.sleep(0.5)
+        assert await rollout_is(RolloutState.ROLLING_BACK)
+    finally:
+        fleet_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fleet_task
+        await db.close()
