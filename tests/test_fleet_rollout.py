@@ -17,10 +17,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent.demo.fleet import FleetDemo, FleetOptions
+from agent.plant.publish import publish_retained
 from agent.plant.rollout.engine import RolloutEngine
 from agent.plant.rollout.model import Gate, RolloutPlan, RolloutState, WaveState
 from agent.plant.rollout.store import RolloutStore, open_rollout_db
 from agent.plant.rollout.yields import SqliteYields
+from agent.sim.broker import LocalBroker
+from agent.wire.codec import encode
+from agent.wire.messages import StationStatus
+from agent.wire.mqtt import BrokerEndpoint
+from agent.wire.topics import StationTopics
 
 GOOD = "sensor-node-2026.12.1"
 BAD = "sensor-node-2026.12"
@@ -220,3 +226,31 @@ async def test_station_offline_mid_wave_fails_it_after_the_timeout_and_abort_rol
         with contextlib.suppress(asyncio.CancelledError):
             await fleet_task
         await db.close()
+
+
+async def test_start_by_group_takes_the_stations_that_report_it(tmp_path: Path,
+                                                                broker: LocalBroker) -> None:
+    endpoint = BrokerEndpoint(host="127.0.0.1", port=broker.port)
+    for station, group in (("st-b", "line-1"), ("st-a", "line-1"), ("st-c", "line-2")):
+        status = StationStatus(station=station, state="online", group=group)
+        await publish_retained(endpoint, StationTopics(station).status, encode(status),
+                               client_id="test-status")
+    signed = tmp_path / "set.json"
+    signed.write_text(json.dumps({"manifest": {"set_id": "fw-2", "product": "p"}}))
+    db = tmp_path / "plant.db"
+    args = [sys.executable, "-m", "agent", "plant", "rollout", "start", str(signed), "--db",
+            str(db), "--waves", "1,100%", "--broker", f"127.0.0.1:{broker.port}"]
+    started = await asyncio.to_thread(subprocess.run, [*args, "--group", "line-1"],
+                                      capture_output=True, text=True, timeout=60, check=False)
+    assert started.returncode == 0, started.stderr
+    assert "rollout 1: fw-2 to group line-1" in started.stdout
+    nobody = await asyncio.to_thread(subprocess.run, [*args, "--group", "line-9"],
+                                     capture_output=True, text=True, timeout=60, check=False)
+    assert nobody.returncode == 2
+    assert "no station on the broker reports group line-9" in nobody.stderr
+    rollout_db = await open_rollout_db(db)
+    try:
+        rollout = await RolloutStore(rollout_db).load(1)
+    finally:
+        await rollout_db.close()
+    assert [w.stations for w in rollout.waves] == [("st-a",), ("st-b",)]
