@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent.demo.fleet import FleetDemo, FleetOptions
+from agent.demo.images import ReleaseKey
 from agent.plant.publish import publish_retained
 from agent.plant.rollout.engine import RolloutEngine
 from agent.plant.rollout.model import Gate, RolloutPlan, RolloutState, WaveState
@@ -172,6 +173,15 @@ def test_rollout_commands_answer_in_sentences(tmp_path: Path) -> None:
     status = cli("status", "1", "--db", db)
     assert "RUNNING" in status.stdout
     assert "approved by bo" in status.stdout
+    pem = ReleaseKey("k").trust_section()["keys"][0]["public_key_pem"]
+    trust = tmp_path / "trust.toml"
+    trust.write_text(f'[trust]\n[[trust.keys]]\nkey_id = "k"\nalg = "ed25519"\n'
+                     f'public_key_pem = """{pem}"""\n')
+    unsigned = cli("start", str(signed), "--stations", "a", "--trust-store", str(trust),
+                   "--db", db)
+    assert unsigned.returncode == 1
+    assert "the stations would refuse this set" in unsigned.stderr
+    assert "Traceback" not in unsigned.stderr
 
 
 async def test_station_offline_mid_wave_fails_it_after_the_timeout_and_abort_rolls_back(

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.commands.common import CommandLineError, add_broker_options, endpoint_from
+from agent.errors import AgentError
 from agent.plant.rollout.actions import ACTIONS, apply_action
 from agent.plant.rollout.model import Gate, RolloutPlan, parse_waves
 from agent.plant.rollout.report import format_rollout
@@ -44,6 +45,8 @@ def register(sub: Any) -> None:
                             "(%%), action (pause|rollback), activation_timeout (s), "
                             "offline_timeout (s), approve_each_wave (yes|no)")
     start.add_argument("--hold", action="store_true", help="wait for `approve` before wave 1")
+    start.add_argument("--trust-store", type=Path,
+                       help="verify the set with the stations' trust store before planning")
     _common(start, broker=True)
     start.set_defaults(handler=start_command)
     status = tools.add_parser("status", help="rollouts, their waves and every decision")
@@ -94,9 +97,30 @@ def read_signed(path: Path) -> tuple[str, str, str]:
         raise CommandLineError(f"{path}: not a signed firmware set ({exc})") from None
 
 
+def check_signed(trust_store: Path, raw: bytes) -> None:
+    """Verify as a station does; a refusal is an AgentError sentence (exit 1)."""
+    from datetime import UTC, datetime
+
+    from agent.errors import FirmwareSetError
+    from agent.firmware.trust import load_trust_store, verify_signed_set
+
+    trust = load_trust_store(trust_store)
+    try:
+        verify_signed_set(raw, trust, now=datetime.now(UTC))
+    except FirmwareSetError as exc:
+        raise RolloutRefused(f"the stations would refuse this set ({exc.code}): "
+                             f"{exc.reason}") from None
+
+
+class RolloutRefused(AgentError):
+    """The plan is refused before it is stored."""
+
+
 def start_command(args: argparse.Namespace) -> int:
     """Store the plan; the engine publishes wave 1 on its next look (unless --hold)."""
     set_id, product, text = read_signed(args.signed)
+    if args.trust_store is not None:
+        check_signed(args.trust_store, text.encode())
     try:
         waves = parse_waves(args.waves)
     except ValueError as exc:
