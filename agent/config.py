@@ -199,11 +199,23 @@ class LimitsSection(Section):
     record_ack_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
 
+class ImageFault(Section):
+    """A simulated defect tied to one image: writing it fails to take on a share of the parts.
+
+    Only the in-memory target (``sim-flash`` slots) honours it; the fleet demo uses it to show a
+    bad release halted by the rollout gate.
+    """
+
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    rate: Annotated[float, Field(ge=0, le=1)]
+
+
 class SimulationSection(Section):
     """Where simulated boards live when slots use the simulated probe or bootloader."""
 
     board_dir: Path | None = None
     timing: bool = False
+    faults: Annotated[tuple[ImageFault, ...], Field(max_length=16)] = ()
 
 
 class ImagesSection(Section):

@@ -96,3 +96,20 @@ def test_every_broker_command_takes_one_address_form_with_its_default_shown(
     assert wrong.returncode == 2
     assert "Traceback" not in wrong.stderr
     assert "--broker: broker address '127.0.0.1': expected HOST:PORT" in wrong.stderr
+
+
+def test_plant_service_on_a_taken_console_address_says_so(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = fixture_agent("recorder", "--db", str(tmp_path / "plant.db"), "--console",
+                               f"127.0.0.1:{port}", "--broker", "127.0.0.1:1")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"the console cannot listen on 127.0.0.1:{port}" in result.stderr
+    bad = fixture_agent("recorder", "--db", str(tmp_path / "plant.db"), "--console", "8080")
+    assert bad.returncode == 2
+    assert "--console: expected HOST:PORT" in bad.stderr

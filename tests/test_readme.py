@@ -32,10 +32,10 @@ def run(script: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
 
 def test_the_marked_blocks_are_there() -> None:
     assert set(blocks()) == {"walkthrough", "secure-broker", "swd", "uart", "checks", "panel",
-                             "signer"}
+                             "signer", "fleet"}
 
 
-@pytest.mark.parametrize("name", ["swd", "uart", "panel", "signer"])
+@pytest.mark.parametrize("name", ["swd", "uart", "panel", "signer", "fleet"])
 def test_block_runs_as_written(name: str) -> None:
     result = run(blocks()[name], timeout=300)
     assert result.returncode == 0, f"{name}:\n{result.stdout}\n{result.stderr}"
@@ -44,6 +44,8 @@ def test_block_runs_as_written(name: str) -> None:
     if name == "signer":
         assert "signature verifies with the given public key" in result.stdout
         assert "2 of 2 units signed" in result.stdout
+    if name == "fleet":
+        assert "fleet demo: bad set rolled_back, good set completed: as expected" in result.stdout
 
 
 def test_static_checks_block_passes() -> None:

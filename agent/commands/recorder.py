@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from agent.commands.common import add_broker_options, endpoint_from
-from agent.plant.recorder import Recorder
-from agent.plant.records import RecordStore, open_record_db
+from agent.commands.common import CommandLineError, add_broker_options, endpoint_from
+from agent.errors import AgentError
+from agent.plant.records import open_record_db
 from agent.plant.trace import find_by_serial, format_trace
 from agent.wire.mqtt import RECONNECT_MAX_S
 
@@ -22,6 +23,15 @@ def register(subparsers: Any) -> None:
     recorder.add_argument("--db", type=Path, required=True, help="recorder database (SQLite)")
     recorder.add_argument("--reconnect-max-s", type=float, default=RECONNECT_MAX_S, metavar="S",
                           help="longest wait between reconnect attempts (default: %(default)s)")
+    recorder.add_argument("--rollouts", action="store_true",
+                          help="also run the rollout engine (plans from `plant rollout start`)")
+    recorder.add_argument("--console", metavar="HOST:PORT",
+                          help="also serve the plant console there, e.g. 127.0.0.1:8080")
+    recorder.add_argument("--operator-token-env", metavar="NAME",
+                          help="environment variable holding the token that console rollout "
+                               "actions need (without it the console is read-only)")
+    recorder.add_argument("--tick-s", type=float, default=1.0, metavar="S",
+                          help="how often the rollout engine looks (default: %(default)s)")
     add_broker_options(recorder, client_id="plant-recorder")
     recorder.set_defaults(handler=_recorder)
     trace = subparsers.add_parser("trace", help="what was programmed on a serial, by whom")
@@ -31,18 +41,39 @@ def register(subparsers: Any) -> None:
     trace.set_defaults(handler=_trace)
 
 
+def console_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port); CommandLineError otherwise."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise CommandLineError(f"--console: expected HOST:PORT, e.g. 127.0.0.1:8080, not {text!r}")
+    return host, int(port)
+
+
 def _recorder(args: argparse.Namespace) -> int:
-    endpoint = endpoint_from(args)
+    from agent.plant.service import PlantOptions, serve_plant
 
-    async def serve() -> None:
-        db = await open_record_db(args.db)
-        try:
-            await Recorder(endpoint=endpoint, store=RecordStore(db), client_id=args.client_id,
-                           reconnect_max_s=args.reconnect_max_s).run()
-        finally:
-            await db.close()
+    token = None
+    if args.operator_token_env:
+        token = os.environ.get(args.operator_token_env)
+        if not token:
+            raise CommandLineError(f"--operator-token-env: {args.operator_token_env} is not set")
+    options = PlantOptions(db=args.db, endpoint=endpoint_from(args), client_id=args.client_id,
+                           reconnect_max_s=args.reconnect_max_s, rollouts=args.rollouts,
+                           console=console_address(args.console) if args.console else None,
+                           operator_token=token, tick_s=args.tick_s)
 
-    asyncio.run(serve())
+    def started(parts: Any) -> None:
+        if parts.console is not None:
+            print(f"plant console: {parts.console.url}", flush=True)
+
+    problems: list[str] = []
+    try:
+        asyncio.run(serve_plant(options, started))
+    except* AgentError as group:
+        problems = [str(exc) for exc in group.exceptions]
+    if problems:
+        print(f"fixture-agent recorder: {'; '.join(problems)}", file=sys.stderr)
+        return 1
     return 0
 
 

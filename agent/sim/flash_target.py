@@ -9,8 +9,10 @@ power mid-unit makes the next probe operation fail the way a real probe does.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import random
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from agent.errors import ProbeLost, ProbeNotFound, ProgrammerAborted, TargetLocked, WriteFailed
@@ -70,9 +72,12 @@ class SimFlashBay:
 class SimFlashProgrammer:
     """Programmer protocol over a :class:`SimFlashBay` (no probe, no threads)."""
 
-    def __init__(self, bay: SimFlashBay, *, op_delay_s: float = 0.0) -> None:
+    def __init__(self, bay: SimFlashBay, *, op_delay_s: float = 0.0,
+                 faults: Mapping[str, float] | None = None) -> None:
         self._bay = bay
         self._op_delay_s = op_delay_s
+        # image sha256 -> share of parts on which writing that image does not take (one word)
+        self._faults = dict(faults or {})
         self._connected = False
         self._aborted = False
 
@@ -125,6 +130,9 @@ class SimFlashProgrammer:
             raise WriteFailed(f"{len(data)} bytes for a region of {region.size}",
                               region=region.name)
         board.erase_pages(region.address, region.size)
+        rate = self._faults.get(hashlib.sha256(data).hexdigest(), 0.0) if self._faults else 0.0
+        if rate and random.random() < rate:
+            board.weak_words.add(region.address - region.address % 4)  # this image, this part
         board.program(region.address, data)
 
     async def read(self, region: Region) -> bytes:

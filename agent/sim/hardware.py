@@ -67,7 +67,9 @@ async def build_simulated_hardware(
         if isinstance(slot, SimFlashSlot):
             bay = SimFlashBay(flash_size=slot.flash_size, page_size=slot.page_size, powered=powered)
             bays[slot.name] = bay
-            programmers[slot.name] = SimFlashProgrammer(bay, op_delay_s=slot.op_delay_ms / 1000)
+            faults = {fault.sha256: fault.rate for fault in config.simulation.faults}
+            programmers[slot.name] = SimFlashProgrammer(bay, op_delay_s=slot.op_delay_ms / 1000,
+                                                        faults=faults)
         elif isinstance(slot, PyOcdSlot):
             from agent.sim.nrf52840.bay import Nrf52840Bay
 

@@ -240,7 +240,7 @@ async def serve(config: StationConfig, hardware: Hardware, *, notifier: Notifier
             teardown.push_async_callback(_call, close)
         teardown.callback(hardware.fixture.close)
         teardown.callback(notifier.send, "STOPPING=1")
-        status = StatusBoard(config.station.id)
+        status = StatusBoard(config.station.id, group=config.broker.group)
         sets_changed = asyncio.Event()
         rollout = await teardown.enter_async_context(
             firmware_sets(config, status, sets_changed))

@@ -14,9 +14,10 @@ from agent.wire.messages import StationStatus
 class StatusBoard:
     """The latest status; ``changed`` is set whenever a field of it changes."""
 
-    def __init__(self, station_id: str) -> None:
+    def __init__(self, station_id: str, *, group: str | None = None) -> None:
         self.station_id = station_id
-        self._status = StationStatus(station=station_id, state="online",
+        self.group = group
+        self._status = StationStatus(station=station_id, state="online", group=group,
                                      agent_version=__version__)
         self.changed = asyncio.Event()
         self.listeners: list[Callable[[StationStatus], None]] = []
@@ -51,4 +52,5 @@ class StatusBoard:
 
     def offline(self) -> StationStatus:
         """The last-will status: what the broker publishes when the station vanishes."""
-        return StationStatus(station=self.station_id, state="offline", agent_version=__version__)
+        return StationStatus(station=self.station_id, state="offline", group=self.group,
+                             agent_version=__version__)

@@ -274,6 +274,7 @@ class StationStatus(Wire):
     schema_: Literal["fixture-agent/status@1"] = Field("fixture-agent/status@1", alias="schema")
     station: str
     state: Literal["online", "offline"]
+    group: str | None = Field(None, description="the station's group ([broker] group), if any")
     accepting_units: bool = False
     blocked: tuple[str, ...] = ()
     job: JobProgress | None = None

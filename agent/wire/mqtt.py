@@ -129,6 +129,27 @@ class CheckedClient(aiomqtt.Client):
             self._loop.call_soon_threadsafe(self._fail_waiters, self._connected)
         super()._on_socket_close(client, userdata, sock)
 
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        # aiomqtt registers the writer later, on the loop. A client torn down in between (a
+        # service stopping while a packet was queued) closed the socket first, and asyncio then
+        # logged a traceback for the dead descriptor (seen stopping the fleet demo). Register
+        # only a socket that is still open; otherwise do what aiomqtt's own callback does.
+        fileno = sock.fileno()
+
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:  # the connection broke: aiomqtt's own reaction
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def register() -> None:
+            if fileno > -1 and sock.fileno() == fileno:
+                self._loop.add_writer(fileno, write)
+
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(register)
+
     def _fail_waiters(self, connected: asyncio.Future[None]) -> None:
         detail = f": {self._last_error}" if self._last_error else ""
         # A connect only while __aenter__ waits for this very CONNACK (it holds the lock).
