@@ -36,13 +36,16 @@ class Notifier:
 
         Best effort, as sd_notify(3) is: a socket that has gone away is logged once and never
         stops the service (a raise here once kept a stopping station from closing its database).
+        It never blocks either: this runs on the event loop, and a manager that stops reading
+        fills the socket's queue (a blocking send once froze a station for 20 s mid-unit).
         """
         if self._address is None:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
                 sock.connect(self._address)
-                sock.sendall(state.encode())
+                sock.send(state.encode())
         except OSError as exc:
             if not self._warned:
                 self._warned = True
