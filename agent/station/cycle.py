@@ -21,6 +21,7 @@ from agent import __version__
 from agent.errors import FailureCode, UnitFailure
 from agent.hw.programmer import ConnectOptions, Programmer, Region, ValidFlag
 from agent.station import rework
+from agent.station.chip_id import check_chip_id
 from agent.station.factory import PlantSigner, build_partition, device_certificate
 from agent.wire.messages import (
     DeviceCertificate,
@@ -230,7 +231,7 @@ async def program_unit(run: UnitRun, programmer: Programmer, *, take_serial: Tak
 
     run.enter(Stage.IDENTIFY)
     run.chip_uid = await programmer.read_unique_id()
-    _check_chip_id(run.chip_uid, expected_bytes=connection.uid_bytes)
+    check_chip_id(run.chip_uid, expected_bytes=connection.uid_bytes)
 
     run.enter(Stage.SERIALIZE)
     run.serial = await take_serial(run.slot, run.chip_uid, run.plan.manifest_digest)
@@ -267,31 +268,6 @@ async def program_unit(run: UnitRun, programmer: Programmer, *, take_serial: Tak
         run.enter(Stage.LOCK)
         await programmer.lock()
         run.locked = True
-
-
-def _check_chip_id(chip_uid: str, *, expected_bytes: int | None) -> None:
-    """Refuse an id no real part has, before a serial is bound to it.
-
-    A probe that reads a disconnected or unpowered bus returns all 0x00 or all 0xFF; a part of
-    another family has another id length. Recording such an id as the unit's identity would tie
-    a serial (and later a signed identity) to nothing.
-    """
-    try:
-        raw = bytes.fromhex(chip_uid)
-    except ValueError:
-        raw = b""
-    problem = None
-    if not raw:
-        problem = "is not a hexadecimal id"
-    elif expected_bytes is not None and len(raw) != expected_bytes:
-        problem = f"has {len(raw)} bytes where this part has {expected_bytes}"
-    elif raw == bytes(len(raw)):
-        problem = "is all 0x00 (no part answered)"
-    elif raw == b"\xff" * len(raw):
-        problem = "is all 0xFF (no part answered)"
-    if problem is not None:
-        raise UnitFailure(code=FailureCode.UID_INVALID, stage=Stage.IDENTIFY,
-                          detail=f"chip id {chip_uid!r} {problem}")
 
 
 async def _already_there(run: UnitRun, programmer: Programmer, spec: ImageSpec) -> bool:
