@@ -16,12 +16,20 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.firmware.manifest import FirmwareSetManifest, SignedFirmwareSet
-from agent.wire.messages import Command, Job, RecordAck, Reject, StationStatus, UnitRecord
+from agent.wire.messages import (
+    Command,
+    Job,
+    RecordAck,
+    RecorderState,
+    Reject,
+    StationStatus,
+    UnitRecord,
+)
 
 # Every message on the wire, in the order a unit's life meets them.
 WIRE_MESSAGES: tuple[type[BaseModel], ...] = (
     Job, FirmwareSetManifest, SignedFirmwareSet, Command, StationStatus, UnitRecord, RecordAck,
-    Reject,
+    Reject, RecorderState,
 )
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
