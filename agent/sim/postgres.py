@@ -1,4 +1,4 @@
-"""A private PostgreSQL cluster in a temporary folder on a free loopback port, for tests and benches.
+"""A private PostgreSQL cluster in a temporary folder on a free loopback port (tests, benches).
 
 Never the machine's own server: ``initdb`` makes a fresh cluster, ``postgres`` serves it on
 127.0.0.1 and a socket in that folder, and :meth:`LocalPostgres.stop` removes it all. PostgreSQL
@@ -68,7 +68,8 @@ class LocalPostgres:
         out, _ = await init.communicate()
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed: {out.decode(errors='replace')[-2000:]}")
-        settings = ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.folder}",
+        settings = ["-c", "listen_addresses=127.0.0.1",
+                    "-c", f"unix_socket_directories={self.folder}",
                     "-c", "max_connections=50", "-c", "shared_buffers=128MB"]
         if not self.durable:
             settings += ["-c", "fsync=off", "-c", "synchronous_commit=off",

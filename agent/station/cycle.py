@@ -151,7 +151,8 @@ class UnitRun:
             failure = Failure(code=self.failure.code.value, stage=self.failure.stage,
                               detail=self.failure.detail, region=self.failure.region)
         return UnitRecord(
-            record_id=self.record_id, seq=seq, prev_digest=prev_digest, station=self.plan.station_id, slot=self.slot,
+            record_id=self.record_id, seq=seq, prev_digest=prev_digest,
+            station=self.plan.station_id, slot=self.slot,
             job_id=job.job_id, product=job.product, serial=self.serial, chip_uid=self.chip_uid,
             firmware_set_id=self.plan.set_id, manifest_digest=self.plan.manifest_digest,
             images=tuple(self.images.values()), started_at=self.started_at,
