@@ -26,7 +26,8 @@ HELD_OPEN_S = 1.5  # the link wakes at once on an append; this is ample time to 
 
 def a_record(seq: int, record_id: str, prev_digest: str) -> UnitRecord:
     now = datetime.now(UTC)
-    return UnitRecord(record_id=record_id, seq=seq, prev_digest=prev_digest, station="st-test", slot="a", job_id="wo-1",
+    return UnitRecord(record_id=record_id, seq=seq, prev_digest=prev_digest, station="st-test",
+                      slot="a", job_id="wo-1",
                       product="sensor-node", serial="SN-000001", chip_uid="00", images=(),
                       firmware_set_id="s", manifest_digest="d", started_at=now, finished_at=now,
                       stages=(), outcome="fail", routing="rework", agent_version="test")

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.commands import plant_pki, plant_publish
+from agent.commands import plant_pki, plant_publish, plant_records
 from agent.errors import AgentError, BadMessage, ConfigError, FirmwareSetError
 from agent.firmware.antirollback import AntiRollbackStore
 from agent.firmware.crypto import ALGORITHMS
@@ -38,6 +38,7 @@ def register(subparsers: Any) -> None:
     _add_verify(sub)
     plant_publish.register(sub)
     plant_pki.register(sub)
+    plant_records.register(sub)
 
 
 def _add_token_options(parser: argparse.ArgumentParser) -> None:

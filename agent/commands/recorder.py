@@ -1,4 +1,8 @@
-"""`fixture-agent recorder` (plant side) and `fixture-agent trace SERIAL`."""
+"""`fixture-agent recorder` (plant side) and `fixture-agent trace SERIAL`.
+
+``--db`` is a SQLite file or a ``postgresql://`` URL; any number of recorders on one PostgreSQL
+share the records through one shared subscription (``--group``).
+"""
 
 from __future__ import annotations
 
@@ -10,23 +14,47 @@ from pathlib import Path
 from typing import Any
 
 from agent.commands.common import add_broker_options, endpoint_from
-from agent.plant.recorder import Recorder
-from agent.plant.records import RecordStore, open_record_db
+from agent.plant.backends import Backend, open_backend
+from agent.plant.recorder import BATCH_MAX, DEFAULT_GROUP, QUEUE_SIZE, Recorder
+from agent.plant.records import RecordStore
 from agent.plant.trace import find_by_serial, format_trace
 from agent.wire.mqtt import RECONNECT_MAX_S
+
+DB_HELP = "recorder database: a SQLite file, or a postgresql://USER@HOST/DB URL"
+
+
+def add_db_option(parser: argparse.ArgumentParser) -> None:
+    """--db, the same for every command that reads or writes records."""
+    parser.add_argument("--db", required=True, metavar="PATH|URL", help=DB_HELP)
+
+
+async def open_existing(target: str) -> Backend:
+    """Open the database ``target`` names; a SQLite path must exist (a typo makes no new file)."""
+    is_url = target.startswith(("postgresql://", "postgres://"))
+    if not is_url and not await asyncio.to_thread(Path(target).exists):
+        raise SystemExit(f"{target}: no such recorder database")
+    return await open_backend(target)
 
 
 def register(subparsers: Any) -> None:
     """Add the recorder's commands."""
     recorder = subparsers.add_parser("recorder", help="plant side: store and acknowledge records")
-    recorder.add_argument("--db", type=Path, required=True, help="recorder database (SQLite)")
+    add_db_option(recorder)
+    recorder.add_argument("--group", default=DEFAULT_GROUP,
+                          help="shared-subscription group of the recorders that split the "
+                               "records (default: %(default)s)")
+    recorder.add_argument("--queue-size", type=int, default=QUEUE_SIZE, metavar="N",
+                          help="messages received and not yet acknowledged, at most "
+                               "(default: %(default)s)")
+    recorder.add_argument("--batch-max", type=int, default=BATCH_MAX, metavar="N",
+                          help="records per transaction, at most (default: %(default)s)")
     recorder.add_argument("--reconnect-max-s", type=float, default=RECONNECT_MAX_S, metavar="S",
                           help="longest wait between reconnect attempts (default: %(default)s)")
     add_broker_options(recorder, client_id="plant-recorder")
     recorder.set_defaults(handler=_recorder)
     trace = subparsers.add_parser("trace", help="what was programmed on a serial, by whom")
     trace.add_argument("serial")
-    trace.add_argument("--db", type=Path, required=True, help="recorder database (SQLite)")
+    add_db_option(trace)
     trace.add_argument("--json", action="store_true", help="print the records as JSON")
     trace.set_defaults(handler=_trace)
 
@@ -35,12 +63,14 @@ def _recorder(args: argparse.Namespace) -> int:
     endpoint = endpoint_from(args)
 
     async def serve() -> None:
-        db = await open_record_db(args.db)
+        backend = await open_backend(args.db)
         try:
-            await Recorder(endpoint=endpoint, store=RecordStore(db), client_id=args.client_id,
+            await Recorder(endpoint=endpoint, store=RecordStore(backend),
+                           client_id=args.client_id, group=args.group,
+                           queue_size=args.queue_size, batch_max=args.batch_max,
                            reconnect_max_s=args.reconnect_max_s).run()
         finally:
-            await db.close()
+            await backend.close()
 
     asyncio.run(serve())
     return 0
@@ -48,13 +78,11 @@ def _recorder(args: argparse.Namespace) -> int:
 
 def _trace(args: argparse.Namespace) -> int:
     async def lookup() -> list[dict[str, Any]]:
-        if not args.db.exists():
-            raise SystemExit(f"{args.db}: no such recorder database")
-        db = await open_record_db(args.db)
+        backend = await open_existing(args.db)
         try:
-            return await find_by_serial(db, args.serial)
+            return await find_by_serial(backend, args.serial)
         finally:
-            await db.close()
+            await backend.close()
 
     records = asyncio.run(lookup())
     if not records:
