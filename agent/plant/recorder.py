@@ -94,7 +94,11 @@ class Recorder:
         # one (its packet id means nothing there); the broker has dropped or resent it already.
         queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=self._queue_size)
         await client.subscribe(shared_records(self._group), qos=1)
-        await client.publish_checked(topic, self._state("online"))
+        try:
+            await client.publish_checked(topic, self._state("online"))
+        except PublishRefused as exc:  # an ACL without the state topic: works, resends later
+            log.error("%s: stations will resend what a dead recorder held only after their "  # noqa: TRY400
+                      "ack timeout", exc)
         self.connected.set()
         self.backoff.reset()
         try:
