@@ -104,14 +104,16 @@ class PostgresBackend:
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """See :class:`agent.plant.backends.Backend`."""
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(sql.encode(), tuple(params))
+            cursor = await conn.execute(sql.encode(), tuple(params) or None)
+            if cursor.description is None:  # a statement that returns no rows
+                return []
             return [tuple(row) for row in await cursor.fetchall()]
 
     async def stream(self, sql: str, params: Sequence[Any] = ()) -> AsyncIterator[tuple[Any, ...]]:
         """A server-side cursor: millions of rows without holding them all."""
         async with (self._pool.connection() as conn, conn.transaction(),
                     conn.cursor(name="fixture_agent_stream") as cursor):
-            await cursor.execute(sql.encode(), tuple(params))
+            await cursor.execute(sql.encode(), tuple(params) or None)
             while rows := await cursor.fetchmany(1000):
                 for row in rows:
                     yield tuple(row)
