@@ -48,7 +48,8 @@ def record(seq: int) -> bytes:
                                readback_sha256="ab" * 32, verified=True) for i in range(4))
     stages = tuple(StageTiming(stage=f"s{i}", duration_ms=1.5, ok=True) for i in range(11))
     return encode(UnitRecord(
-        record_id=uuid.uuid4().hex, seq=seq, station=STATION, slot="a", job_id="wo-1",
+        record_id=uuid.uuid4().hex, seq=seq, prev_digest="0" * 64, station=STATION, slot="a",
+        job_id="wo-1",
         product="p", serial=f"SN-{seq:06d}", chip_uid="00" * 8, firmware_set_id="set",
         manifest_digest="cd" * 32, images=images, started_at=now, finished_at=now,
         stages=stages, outcome="pass", routing="ship", agent_version="bench"))
@@ -84,7 +85,7 @@ async def agent(endpoint: BrokerEndpoint, folder: Path, payloads: list[bytes]) -
     async with store.transaction() as tx:
         for payload in payloads:
             await outbox.append(tx, record_id=json.loads(payload)["record_id"],
-                                build=lambda _seq, p=payload: p)
+                                build=lambda _seq, _link, p=payload: p)
     db = await open_record_db(folder / "records.db")
     recorder = Recorder(endpoint=endpoint, store=RecordStore(db))
 

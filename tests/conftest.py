@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from agent.plant.recorder import Recorder
 from agent.plant.records import RecordStore, open_record_db
 from agent.sim.broker import LocalBroker
+from agent.sim.postgres import LocalPostgres
 from agent.sim.stm32_bootloader import Stm32BootloaderSim
 from agent.wire.mqtt import BrokerEndpoint, make_client
 from agent.wire.topics import StationTopics
@@ -112,6 +114,28 @@ async def recorder(tmp_path: Path, broker: LocalBroker) -> AsyncIterator[PlantRe
         await db.close()
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """A private PostgreSQL cluster for the whole run (initdb in a temp folder, free port)."""
+    server = LocalPostgres()
+    asyncio.run(server.start())
+    try:
+        yield server
+    finally:
+        asyncio.run(server.stop())
+
+
+@pytest.fixture
+def pg_url(postgres_server: LocalPostgres) -> str:
+    """The URL of a fresh, empty database on the private cluster."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}".encode())
+    return postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
 NRF_PROBE = "t1"  # the simulated probe the pyOCD backend tests use
 
 
@@ -145,12 +169,3 @@ def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> None:
     from agent.demo.signer import init_token
 
     init_token(tmp_path_factory.mktemp("softhsm"))
-
-
-@pytest.fixture(scope="session")
-def signer_postgres() -> Iterator[str]:
-    """A private PostgreSQL cluster for the session (tests/private_postgres.py)."""
-    from tests.private_postgres import private_postgres
-
-    with private_postgres() as url:
-        yield url

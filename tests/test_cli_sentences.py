@@ -48,7 +48,8 @@ def test_trace_into_a_pipe_that_closes_early_is_quiet(tmp_path: Path) -> None:
         db = await open_record_db(db_path)
         now = datetime.now(UTC)
         batch = [Incoming("st-1", encode(UnitRecord(
-            record_id=uuid.uuid4().hex, seq=n, station="st-1", slot="a", job_id="wo-1",
+            record_id=uuid.uuid4().hex, seq=n, prev_digest="0" * 64, station="st-1", slot="a",
+            job_id="wo-1",
             product="p", serial="SN-1", chip_uid="00", images=(), firmware_set_id="s",
             manifest_digest="d", started_at=now, finished_at=now, stages=(), outcome="fail",
             routing="rework", agent_version="t"))) for n in range(1, 1501)]

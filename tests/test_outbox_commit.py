@@ -24,9 +24,10 @@ from tests.helpers import eventually, running_station, station_config
 HELD_OPEN_S = 1.5  # the link wakes at once on an append; this is ample time to misbehave
 
 
-def a_record(seq: int, record_id: str) -> UnitRecord:
+def a_record(seq: int, record_id: str, prev_digest: str) -> UnitRecord:
     now = datetime.now(UTC)
-    return UnitRecord(record_id=record_id, seq=seq, station="st-test", slot="a", job_id="wo-1",
+    return UnitRecord(record_id=record_id, seq=seq, prev_digest=prev_digest, station="st-test",
+                      slot="a", job_id="wo-1",
                       product="sensor-node", serial="SN-000001", chip_uid="00", images=(),
                       firmware_set_id="s", manifest_digest="d", started_at=now, finished_at=now,
                       stages=(), outcome="fail", routing="rework", agent_version="test")
@@ -50,7 +51,7 @@ async def test_a_record_is_neither_read_nor_published_before_its_commit(
         record_id = uuid.uuid4().hex
         async with parts.store.transaction() as tx:
             seq = await parts.outbox.append(
-                tx, record_id=record_id, build=lambda n: encode(a_record(n, record_id)))
+                tx, record_id=record_id, build=lambda n, link: encode(a_record(n, record_id, link)))
             assert await parts.outbox.pending() == []  # not committed: not there for readers
             assert await parts.outbox.depth() == 0
             await asyncio.sleep(HELD_OPEN_S)

@@ -32,10 +32,10 @@ def run(script: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
 
 def test_the_marked_blocks_are_there() -> None:
     assert set(blocks()) == {"walkthrough", "secure-broker", "swd", "uart", "checks", "panel",
-                             "signer", "fleet"}
+                             "signer", "fleet", "plant-scale"}
 
 
-@pytest.mark.parametrize("name", ["swd", "uart", "panel", "signer", "fleet"])
+@pytest.mark.parametrize("name", ["swd", "uart", "panel", "signer", "fleet", "plant-scale"])
 def test_block_runs_as_written(name: str) -> None:
     result = run(blocks()[name], timeout=300)
     assert result.returncode == 0, f"{name}:\n{result.stdout}\n{result.stderr}"
@@ -46,6 +46,10 @@ def test_block_runs_as_written(name: str) -> None:
         assert "2 of 2 units signed" in result.stdout
     if name == "fleet":
         assert "fleet demo: bad set rolled_back, good set completed: as expected" in result.stdout
+    if name == "plant-scale":
+        assert result.stdout.splitlines()[0] == "2", result.stdout  # both units, by their key
+        assert "station demo-st01: 2/2 units passed first time (100.0%)" in result.stdout
+        assert "station demo-st01: 2 records, seq 1..2: clean" in result.stdout
 
 
 def test_static_checks_block_passes() -> None:

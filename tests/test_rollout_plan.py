@@ -26,6 +26,7 @@ from agent.plant.rollout.model import (
 )
 from agent.plant.rollout.store import RolloutStore, open_rollout_db
 from agent.plant.rollout.yields import SqliteYields, judge
+from agent.wire.messages import GENESIS_DIGEST, record_digest
 
 STATIONS = tuple(f"st-{i:02d}" for i in range(1, 9))
 
@@ -101,17 +102,25 @@ async def test_moves_are_guarded_and_each_is_stored_with_its_decision(tmp_path: 
         await db.close()
 
 
+_CHAIN_HEADS: dict[str, str] = {}  # station -> digest of its last record made here
+
+
 def record(station: str, seq: int, serial: str | None, outcome: str, set_id: str,
            code: str | None = None, minute: int = 0) -> Incoming:
+    """A station's record, chained to the one this helper made before it (seq 1 starts over)."""
     at = (datetime(2026, 11, 1, 8, 0, tzinfo=UTC) + timedelta(minutes=minute + seq)).isoformat()
-    body = {"schema": "fixture-agent/unit-record@1", "record_id": uuid.uuid4().hex, "seq": seq,
+    prev = GENESIS_DIGEST if seq == 1 else _CHAIN_HEADS.get(station, GENESIS_DIGEST)
+    body = {"schema": "fixture-agent/unit-record@2", "record_id": uuid.uuid4().hex, "seq": seq,
+            "prev_digest": prev,
             "station": station, "slot": "a", "job_id": "wo-1", "product": "sensor-node",
             "serial": serial, "chip_uid": "00", "firmware_set_id": set_id,
             "manifest_digest": "0" * 64, "images": [], "started_at": at, "finished_at": at,
             "stages": [], "outcome": outcome, "routing": "ship" if outcome == "pass" else "rework",
             "failure": None if code is None else {"code": code, "stage": "verify", "detail": "x"},
             "agent_version": "t"}
-    return Incoming(station, json.dumps(body).encode())
+    payload = json.dumps(body).encode()
+    _CHAIN_HEADS[station] = record_digest(payload)
+    return Incoming(station, payload)
 
 
 async def test_first_pass_yield_counts_each_serial_once_by_its_first_attempt(

@@ -7,10 +7,8 @@ a private cluster, each test in a database of its own.
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from agent.demo.signer import PlantPki, running_signer
@@ -27,11 +25,8 @@ JOB = Job.model_validate_json(json.dumps({
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "signer.db")
-    server: str = request.getfixturevalue("signer_postgres")
-    name = f"signer_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
-    return server.rsplit("/", 1)[0] + f"/{name}"
+    url: str = request.getfixturevalue("pg_url")  # a fresh database on the suite's cluster
+    return url
 
 
 def ask(serial: str, chip: str, digest: str = "aa" * 32) -> SignRequest:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.commands import plant_pki, plant_publish, plant_rollout, plant_signer
+from agent.commands import plant_pki, plant_publish, plant_records, plant_rollout, plant_signer
 from agent.errors import AgentError, BadMessage, ConfigError, FirmwareSetError
 from agent.firmware.antirollback import AntiRollbackStore
 from agent.firmware.crypto import ALGORITHMS
@@ -40,6 +40,7 @@ def register(subparsers: Any) -> None:
     plant_rollout.register(sub)
     plant_pki.register(sub)
     plant_signer.register(sub)
+    plant_records.register(sub)
 
 
 def _add_token_options(parser: argparse.ArgumentParser) -> None:

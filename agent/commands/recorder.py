@@ -1,4 +1,8 @@
-"""`fixture-agent recorder` (plant side) and `fixture-agent trace SERIAL`."""
+"""`fixture-agent recorder` (plant side) and `fixture-agent trace SERIAL`.
+
+``--db`` is a SQLite file or a ``postgresql://`` URL; any number of recorders on one PostgreSQL
+share the records through one shared subscription (``--group``).
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,39 @@ from typing import Any
 
 from agent.commands.common import CommandLineError, add_broker_options, endpoint_from
 from agent.errors import AgentError
-from agent.plant.records import open_record_db
+from agent.plant.backends import Backend, open_backend
+from agent.plant.recorder import BATCH_MAX, DEFAULT_GROUP, QUEUE_SIZE
 from agent.plant.trace import find_by_serial, format_trace
 from agent.wire.mqtt import RECONNECT_MAX_S
+
+DB_HELP = "recorder database: a SQLite file, or a postgresql://USER@HOST/DB URL"
+
+
+def add_db_option(parser: argparse.ArgumentParser) -> None:
+    """--db, the same for every command that reads or writes records."""
+    parser.add_argument("--db", required=True, metavar="PATH|URL", help=DB_HELP)
+
+
+async def open_existing(target: str) -> Backend:
+    """Open the database ``target`` names; a SQLite path must exist (a typo makes no new file)."""
+    is_url = target.startswith(("postgresql://", "postgres://"))
+    if not is_url and not await asyncio.to_thread(Path(target).exists):
+        raise SystemExit(f"{target}: no such recorder database")
+    return await open_backend(target)
 
 
 def register(subparsers: Any) -> None:
     """Add the recorder's commands."""
     recorder = subparsers.add_parser("recorder", help="plant side: store and acknowledge records")
-    recorder.add_argument("--db", type=Path, required=True, help="recorder database (SQLite)")
+    add_db_option(recorder)
+    recorder.add_argument("--group", default=DEFAULT_GROUP,
+                          help="shared-subscription group of the recorders that split the "
+                               "records (default: %(default)s)")
+    recorder.add_argument("--queue-size", type=int, default=QUEUE_SIZE, metavar="N",
+                          help="messages received and not yet acknowledged, at most "
+                               "(default: %(default)s)")
+    recorder.add_argument("--batch-max", type=int, default=BATCH_MAX, metavar="N",
+                          help="records per transaction, at most (default: %(default)s)")
     recorder.add_argument("--reconnect-max-s", type=float, default=RECONNECT_MAX_S, metavar="S",
                           help="longest wait between reconnect attempts (default: %(default)s)")
     recorder.add_argument("--rollouts", action="store_true",
@@ -36,7 +64,7 @@ def register(subparsers: Any) -> None:
     recorder.set_defaults(handler=_recorder)
     trace = subparsers.add_parser("trace", help="what was programmed on a serial, by whom")
     trace.add_argument("serial")
-    trace.add_argument("--db", type=Path, required=True, help="recorder database (SQLite)")
+    add_db_option(trace)
     trace.add_argument("--json", action="store_true", help="print the records as JSON")
     trace.set_defaults(handler=_trace)
 
@@ -58,6 +86,8 @@ def _recorder(args: argparse.Namespace) -> int:
         if not token:
             raise CommandLineError(f"--operator-token-env: {args.operator_token_env} is not set")
     options = PlantOptions(db=args.db, endpoint=endpoint_from(args), client_id=args.client_id,
+                           group=args.group, queue_size=args.queue_size,
+                           batch_max=args.batch_max,
                            reconnect_max_s=args.reconnect_max_s, rollouts=args.rollouts,
                            console=console_address(args.console) if args.console else None,
                            operator_token=token, tick_s=args.tick_s)
@@ -79,13 +109,11 @@ def _recorder(args: argparse.Namespace) -> int:
 
 def _trace(args: argparse.Namespace) -> int:
     async def lookup() -> list[dict[str, Any]]:
-        if not args.db.exists():
-            raise SystemExit(f"{args.db}: no such recorder database")
-        db = await open_record_db(args.db)
+        backend = await open_existing(args.db)
         try:
-            return await find_by_serial(db, args.serial)
+            return await find_by_serial(backend, args.serial)
         finally:
-            await db.close()
+            await backend.close()
 
     records = asyncio.run(lookup())
     if not records:

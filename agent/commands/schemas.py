@@ -17,7 +17,15 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.firmware.manifest import FirmwareSetManifest, SignedFirmwareSet
-from agent.wire.messages import Command, Job, RecordAck, Reject, StationStatus, UnitRecord
+from agent.wire.messages import (
+    Command,
+    Job,
+    RecordAck,
+    RecorderState,
+    Reject,
+    StationStatus,
+    UnitRecord,
+)
 from agent.wire.signing import (
     CertifyRequest,
     CertifyResponse,
@@ -30,6 +38,7 @@ from agent.wire.signing import (
 WIRE_MESSAGES: tuple[type[BaseModel], ...] = (
     Job, FirmwareSetManifest, SignedFirmwareSet, Command, StationStatus, SignRequest,
     SignResponse, SignRefusal, CertifyRequest, CertifyResponse, UnitRecord, RecordAck, Reject,
+    RecorderState,
 )
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 

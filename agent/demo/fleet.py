@@ -117,7 +117,8 @@ class FleetDemo:
         good_c, _ = self.signed("sensor-node-2026.12.1", 9, "c")
         faults = [{"sha256": bad_sha, "rate": self.options.fault_rate}]
         plant_ready: asyncio.Future[PlantParts] = asyncio.get_running_loop().create_future()
-        options = PlantOptions(db=self.workdir / "plant" / "records.db", endpoint=self.endpoint,
+        plant_db = str(self.workdir / "plant" / "records.db")
+        options = PlantOptions(db=plant_db, endpoint=self.endpoint,
                                rollouts=self.options.engine, console=self.options.console,
                                operator_token=self.options.operator_token,
                                tick_s=self.options.tick_s)

@@ -1,19 +1,36 @@
 """The plant-side recorder: stores every station's unit records, then acknowledges them.
 
-A record is acknowledged only after the transaction that stores it has committed
-(:mod:`agent.plant.records`), so a station forgets a record only once the plant really holds it.
+Three stages: receive -> a bounded queue -> a batch committed in one transaction -> acks. A
+message is acknowledged to the broker (its PUBACK) and to its station (a RecordAck) only after the
+commit that stores it, so a station forgets a record only once the plant really holds it, and a
+recorder that dies holds nothing it has acknowledged.
+
+Any number of recorders share the load through one MQTT v5 shared subscription
+(``$share/<group>/fixture/v1/station/+/records``). Storage is idempotent on record id, so a record
+that reaches two recorders (a resend) is stored once. Each recorder's last will says "gone": a
+broker does not hand the unacknowledged messages of a dead member to the others (mosquitto 2.0
+drops them with the session; README "Traceability at plant scale"), so the stations resend
+everything unacknowledged at once and the other recorders take it, without waiting for the
+stations' resend timeout. Sessions are clean for the same reason: a persistent session of a dead
+member would keep taking its share of new records.
+
+Backpressure: the recorder announces ``queue_size`` as its MQTT v5 Receive Maximum, which is also
+its queue's bound, so a slow database should slow the broker rather than grow memory. Measured
+with mosquitto 2.0.11 (README, Benchmarks): with no acks it stops at the maximum; under a burst
+with acks flowing, aiomqtt's own (unbounded) receive queue grew past it. Not settled yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import aiomqtt
 
 from agent.plant.records import Incoming, RecordStore
 from agent.wire.codec import encode
-from agent.wire.messages import RecordAck
+from agent.wire.messages import RecordAck, RecorderState
 from agent.wire.mqtt import (
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
@@ -23,64 +40,118 @@ from agent.wire.mqtt import (
     PublishRefused,
     make_client,
 )
-from agent.wire.topics import ALL_RECORDS, StationTopics, station_of
+from agent.wire.topics import StationTopics, recorder_state, shared_records, station_of
 
 log = logging.getLogger(__name__)
 
+DEFAULT_GROUP = "recorders"
+QUEUE_SIZE = 1000  # messages received and not yet acknowledged, at most
+BATCH_MAX = 500  # records per transaction
+GONE_PUBLISH_S = 2.0
+
+Received = tuple[Incoming, aiomqtt.Message]
+
 
 class Recorder:
-    """Subscribes to every station's records, stores them, acknowledges them."""
+    """Subscribes to every station's records (shared), stores them, acknowledges them."""
 
     def __init__(self, *, endpoint: BrokerEndpoint, store: RecordStore,
-                 client_id: str = "plant-recorder",
-                 reconnect_max_s: float = RECONNECT_MAX_S) -> None:
+                 client_id: str = "plant-recorder", group: str = DEFAULT_GROUP,
+                 reconnect_max_s: float = RECONNECT_MAX_S, queue_size: int = QUEUE_SIZE,
+                 batch_max: int = BATCH_MAX) -> None:
         self._endpoint = endpoint
         self._store = store
         self._client_id = client_id
+        self._group = group
+        self._queue_size = queue_size
+        self._batch_max = batch_max
         # Stations resend until acknowledged, so every second the recorder is away is a second
         # of records piling up at every station: reconnect no slower than they do.
         self.backoff = Backoff(base=min(RECONNECT_MIN_S, reconnect_max_s), cap=reconnect_max_s)
-        self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
-        self.stored = 0
+        self.stored = 0  # records acknowledged (new or already stored)
+        self.inserted = 0  # records this recorder added to the database
         self.connected = asyncio.Event()
+
+    def _state(self, state: str) -> bytes:
+        return encode(RecorderState(recorder=self._client_id, state=state))  # type: ignore[arg-type]
 
     async def run(self) -> None:
         """Serve until cancelled, reconnecting with backoff (reset by each successful subscribe)."""
         backoff = self.backoff
+        topic = recorder_state(self._client_id)
+        will = aiomqtt.Will(topic, self._state("gone"), qos=1)
         while True:
-            client = make_client(self._endpoint, client_id=self._client_id, persistent=True,
-                                 session_expiry_s=7 * 86400)
+            client = make_client(self._endpoint, client_id=self._client_id, will=will,
+                                 receive_maximum=self._queue_size, manual_ack=True)
             try:
                 async with client:
-                    await client.subscribe(ALL_RECORDS, qos=1)
-                    self.connected.set()
-                    backoff.reset()
-                    async with asyncio.TaskGroup() as group:
-                        group.create_task(self._read(client))
-                        group.create_task(self._write(client))
+                    await self._serve(client, topic)
             except* aiomqtt.MqttError as group:  # anything else is a bug: let it surface
                 log.warning("recorder link down: %s", group.exceptions[0])
             self.connected.clear()
             await asyncio.sleep(backoff.next_delay())
 
-    async def _read(self, client: CheckedClient) -> None:
+    async def _serve(self, client: CheckedClient, topic: str) -> None:
+        # A fresh queue per connection: a message of a dead connection cannot be acked on a new
+        # one (its packet id means nothing there); the broker has dropped or resent it already.
+        queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=self._queue_size)
+        await client.subscribe(shared_records(self._group), qos=1)
+        try:
+            await client.publish_checked(topic, self._state("online"))
+        except PublishRefused as exc:  # an ACL without the state topic: works, resends later
+            log.error("%s: stations will resend what a dead recorder held only after their "  # noqa: TRY400
+                      "ack timeout", exc)
+        self.connected.set()
+        self.backoff.reset()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._read(client, queue))
+                group.create_task(self._write(client, queue))
+        except asyncio.CancelledError:
+            # A clean DISCONNECT sends no will: say "gone" ourselves, so stations resend what
+            # the broker had queued for us.
+            with contextlib.suppress(aiomqtt.MqttError, PublishRefused, TimeoutError):
+                async with asyncio.timeout(GONE_PUBLISH_S):
+                    await client.publish_checked(topic, self._state("gone"))
+            raise
+
+    async def _read(self, client: CheckedClient, queue: asyncio.Queue[Received]) -> None:
         async for message in client.messages:
             station = station_of(message.topic.value)
             if station is None or not isinstance(message.payload, bytes):
+                client.ack(message)
                 continue
-            await self._queue.put(Incoming(station, message.payload))
+            await queue.put((Incoming(station, message.payload), message))
 
-    async def _write(self, client: CheckedClient) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < 500:
-                batch.append(self._queue.get_nowait())
-            acks = await self._store.store_batch(batch)
-            self.stored += sum(len(ids) for ids in acks.values())
-            for station, ids in acks.items():
-                for start in range(0, len(ids), 1000):
-                    ack = RecordAck(record_ids=tuple(ids[start:start + 1000]))
-                    try:
-                        await client.publish_checked(StationTopics(station).acks, encode(ack))
-                    except PublishRefused as exc:  # the station resends; we store it once
-                        log.error("%s", exc)  # noqa: TRY400 (an ACL refusal, not a crash)
+    async def _write(self, client: CheckedClient, queue: asyncio.Queue[Received]) -> None:
+        acking: asyncio.Task[None] | None = None
+        try:
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty() and len(batch) < self._batch_max:
+                    batch.append(queue.get_nowait())
+                before = self._store.inserted
+                acks = await self._store.store_batch([item for item, _ in batch])
+                self.inserted += self._store.inserted - before
+                # committed: now, and only now, the broker and the stations may forget them
+                for _, message in batch:
+                    client.ack(message)
+                self.stored += sum(len(ids) for ids in acks.values())
+                if acking is not None:
+                    await acking  # one batch of acks in flight while the next batch commits
+                acking = asyncio.create_task(self._publish_acks(client, acks))
+        finally:
+            if acking is not None and not acking.done():
+                acking.cancel()
+
+    async def _publish_acks(self, client: CheckedClient, acks: dict[str, list[str]]) -> None:
+        publishes = []
+        for station, ids in acks.items():
+            for start in range(0, len(ids), 1000):
+                ack = RecordAck(record_ids=tuple(ids[start:start + 1000]))
+                publishes.append(client.publish_checked(StationTopics(station).acks, encode(ack)))
+        for result in await asyncio.gather(*publishes, return_exceptions=True):
+            if isinstance(result, PublishRefused):  # the station resends; we store it once
+                log.error("%s", result)
+            elif isinstance(result, BaseException):
+                raise result

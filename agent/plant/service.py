@@ -15,23 +15,32 @@ from pathlib import Path
 
 import aiosqlite
 
+from agent.errors import AgentError
+from agent.plant.backends import is_postgres_url, open_backend
 from agent.plant.console.server import Console
 from agent.plant.fleet import FleetWatch
-from agent.plant.recorder import Recorder
-from agent.plant.records import RecordStore, open_record_db
+from agent.plant.recorder import BATCH_MAX, DEFAULT_GROUP, QUEUE_SIZE, Recorder
+from agent.plant.records import RecordStore
 from agent.plant.rollout.engine import RolloutEngine
 from agent.plant.rollout.store import RolloutStore, open_rollout_db
 from agent.plant.rollout.yields import SqliteYields
 from agent.wire.mqtt import RECONNECT_MAX_S, BrokerEndpoint
 
 
+class PlantServiceError(AgentError):
+    """The plant service cannot run as asked."""
+
+
 @dataclass(frozen=True)
 class PlantOptions:
     """What to run besides the recorder."""
 
-    db: Path
+    db: str  # a SQLite file, or a postgresql:// URL
     endpoint: BrokerEndpoint
     client_id: str = "plant-recorder"
+    group: str = DEFAULT_GROUP
+    queue_size: int = QUEUE_SIZE
+    batch_max: int = BATCH_MAX
     reconnect_max_s: float = RECONNECT_MAX_S
     rollouts: bool = False
     console: tuple[str, int] | None = None  # (host, port); port 0 picks a free one
@@ -65,24 +74,32 @@ async def plant_connections(path: Path, count: int) -> AsyncIterator[list[aiosql
 async def serve_plant(options: PlantOptions,
                       started: Callable[[PlantParts], None] | None = None) -> None:
     """Run the plant's parts until cancelled."""
-    record_db = await open_record_db(options.db)
+    if (options.rollouts or options.console) and is_postgres_url(options.db):
+        raise PlantServiceError(
+            "--rollouts and --console keep their tables in a SQLite plant database for now; "
+            "run them in a plant service on SQLite beside recorders on PostgreSQL")
+    backend = await open_backend(options.db)
     try:
-        async with plant_connections(options.db, 2) as (engine_db, console_db):
-            recorder = Recorder(endpoint=options.endpoint, store=RecordStore(record_db),
-                                client_id=options.client_id,
+        parts_db = Path(options.db)
+        async with plant_connections(parts_db, 2 if options.rollouts or options.console else 0) \
+                as connections:
+            recorder = Recorder(endpoint=options.endpoint, store=RecordStore(backend),
+                                client_id=options.client_id, group=options.group,
+                                queue_size=options.queue_size, batch_max=options.batch_max,
                                 reconnect_max_s=options.reconnect_max_s)
             fleet = engine = console = None
             if options.rollouts or options.console:
                 fleet = FleetWatch(endpoint=options.endpoint,
                                    client_id=f"{options.client_id}-fleet")
             if options.rollouts and fleet is not None:
+                engine_db = connections[0]
                 engine = RolloutEngine(store=RolloutStore(engine_db),
                                        yields=SqliteYields(engine_db), fleet=fleet,
                                        endpoint=options.endpoint, tick_s=options.tick_s,
                                        client_id=f"{options.client_id}-rollout")
             if options.console and fleet is not None:
                 host, port = options.console
-                console = Console(db=console_db, fleet=fleet, host=host, port=port,
+                console = Console(db=connections[1], fleet=fleet, host=host, port=port,
                                   operator_token=options.operator_token)
             async with asyncio.TaskGroup() as group:
                 group.create_task(recorder.run(), name="recorder")
@@ -94,4 +111,4 @@ async def serve_plant(options: PlantOptions,
                 if started is not None:
                     started(PlantParts(recorder, fleet, engine, console))
     finally:
-        await record_db.close()
+        await backend.close()

@@ -149,15 +149,16 @@ class UnitRun:
         """True when every stage succeeded."""
         return self.failure is None and self.valid_flag_set
 
-    def to_record(self, seq: int) -> UnitRecord:
-        """The traceability record, with the sequence number the outbox assigned."""
+    def to_record(self, seq: int, prev_digest: str) -> UnitRecord:
+        """The traceability record, with the sequence number and chain link the outbox gave."""
         job = self.plan.job
         failure = None
         if self.failure is not None:
             failure = Failure(code=self.failure.code.value, stage=self.failure.stage,
                               detail=self.failure.detail, region=self.failure.region)
         return UnitRecord(
-            record_id=self.record_id, seq=seq, station=self.plan.station_id, slot=self.slot,
+            record_id=self.record_id, seq=seq, prev_digest=prev_digest,
+            station=self.plan.station_id, slot=self.slot,
             job_id=job.job_id, product=job.product, serial=self.serial, chip_uid=self.chip_uid,
             firmware_set_id=self.plan.set_id, manifest_digest=self.plan.manifest_digest,
             images=tuple(self.images.values()), started_at=self.started_at,

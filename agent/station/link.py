@@ -21,9 +21,9 @@ from agent.errors import BadMessage, FirmwareSetError
 from agent.station.outbox import Outbox, PendingRecord
 from agent.station.status import StatusBoard
 from agent.wire.codec import encode, parse_inbound
-from agent.wire.messages import RecordAck, Reject
+from agent.wire.messages import RecordAck, RecorderState, Reject
 from agent.wire.mqtt import Backoff, BrokerEndpoint, CheckedClient, PublishRefused, make_client
-from agent.wire.topics import StationTopics
+from agent.wire.topics import RECORDER_STATES, StationTopics
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ class Link:
         self._outbox_changed = outbox.watch()
         self._status = status
         self._handlers: dict[str, Handler] = {self._topics.job: on_job,
-                                              self._topics.acks: self._on_ack}
+                                              self._topics.acks: self._on_ack,
+                                              RECORDER_STATES: self._on_recorder_state}
         self._client: CheckedClient | None = None
         self._ack_timeout_s = ack_timeout_s
         self._session_expiry_s = session_expiry_s
@@ -124,6 +125,8 @@ class Link:
         async for message in client.messages:
             topic = message.topic.value
             handler = self._handlers.get(topic)
+            if handler is None and topic.startswith(RECORDER_STATES.split("+")[0]):
+                handler = self._on_recorder_state
             payload = message.payload if isinstance(message.payload, bytes) else b""
             if handler is None:
                 log.warning("message on unexpected topic %s ignored", topic)
@@ -150,6 +153,18 @@ class Link:
     async def _on_ack(self, payload: bytes, topic: str) -> None:
         ack = parse_inbound(RecordAck, payload, max_bytes=self._max_bytes)
         await self._outbox.forget(ack.record_ids)
+
+    async def _on_recorder_state(self, payload: bytes, topic: str) -> None:
+        """A recorder is gone (its will): what it held unacknowledged goes again now.
+
+        A broker does not hand the messages in flight to a dead member of a shared subscription
+        to the others (mosquitto 2.0 drops them with its session): only a resend brings them.
+        """
+        state = parse_inbound(RecorderState, payload, max_bytes=self._max_bytes)
+        if state.state == "gone":
+            log.info("recorder %s gone: resending every unacknowledged record", state.recorder)
+            self._sent_at.clear()
+            self._outbox_changed.set()
 
     async def _deliver(self, client: CheckedClient) -> None:
         while True:

@@ -1,7 +1,9 @@
 """The durable outbox of unit records.
 
 A record is appended in the same transaction that counts the unit against its job, gets the next
-per-station sequence number (no gaps: the number is taken inside that transaction), and is forgotten
+per-station sequence number (no gaps: the number is taken inside that transaction) and the digest
+of the station's previous record (the hash chain: the plant's audit finds an edited or deleted
+record by a link that no longer matches), and is forgotten
 only when the plant's recorder acknowledges its record id. A broker PUBACK is not enough: mosquitto
 may lose a message it acknowledged (``mqtt-durability-security.md``).
 """
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from agent.station.store import StationStore
+from agent.wire.messages import GENESIS_DIGEST, record_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,21 +48,29 @@ class Outbox:
             event.set()
 
     async def append(
-        self, tx: aiosqlite.Connection, *, record_id: str, build: Callable[[int], bytes]
+        self, tx: aiosqlite.Connection, *, record_id: str, build: Callable[[int, str], bytes]
     ) -> int:
-        """Inside ``tx``: take the next sequence number, store ``build(seq)``; returns seq.
+        """Inside ``tx``: take the next seq and chain link, store ``build(seq, prev_digest)``.
+
+        Returns seq. The digest of the stored bytes becomes the next record's link.
 
         Watchers are woken after the commit, never before: the record is not there until then.
         """
         async with tx.execute("SELECT value FROM meta WHERE key = 'last_seq'") as cursor:
             row = await cursor.fetchone()
         seq = (row[0] if row else 0) + 1
+        async with tx.execute("SELECT digest FROM chain_head WHERE id = 1") as cursor:
+            head = await cursor.fetchone()
+        payload = build(seq, head[0] if head else GENESIS_DIGEST)
         await tx.execute(
             "INSERT INTO meta (key, value) VALUES ('last_seq', ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (seq,))
         await tx.execute(
+            "INSERT INTO chain_head (id, digest) VALUES (1, ?) "
+            "ON CONFLICT(id) DO UPDATE SET digest = excluded.digest", (record_digest(payload),))
+        await tx.execute(
             "INSERT INTO outbox (seq, record_id, payload, created_at) VALUES (?, ?, ?, ?)",
-            (seq, record_id, build(seq), time.time()))
+            (seq, record_id, payload, time.time()))
         self._store.after_commit(self._notify)
         return seq
 

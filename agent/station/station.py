@@ -306,8 +306,8 @@ class Station:
     async def _commit(self, run: UnitRun) -> None:
         records: list[UnitRecord] = []
 
-        def build(seq: int) -> bytes:
-            records.append(run.to_record(seq))
+        def build(seq: int, prev_digest: str) -> bytes:
+            records.append(run.to_record(seq, prev_digest))
             return encode(records[-1])
 
         async with self._store.transaction() as tx:

@@ -28,6 +28,10 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS chain_head (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    digest TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq        INTEGER PRIMARY KEY,
     record_id  TEXT NOT NULL UNIQUE,

@@ -7,6 +7,7 @@ Every model is frozen and forbids unknown keys; inbound payloads are parsed with
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from itertools import pairwise
 from typing import Annotated, Any, Literal
@@ -194,6 +195,14 @@ class Failure(Wire):
     region: str | None = None
 
 
+GENESIS_DIGEST = "0" * 64  # prev_digest of a station's first record
+
+
+def record_digest(payload: bytes) -> str:
+    """The chain digest of a record: sha256 of the exact bytes published."""
+    return hashlib.sha256(payload).hexdigest()
+
+
 class DeviceCertificate(Wire):
     """The certificate the plant issued for the part's own key."""
 
@@ -205,11 +214,14 @@ class DeviceCertificate(Wire):
 class UnitRecord(Wire):
     """The traceability record of one unit: answers "what shipped on serial X, signed by whom"."""
 
-    schema_: Literal["fixture-agent/unit-record@1"] = Field(
-        "fixture-agent/unit-record@1", alias="schema"
+    schema_: Literal["fixture-agent/unit-record@2"] = Field(
+        "fixture-agent/unit-record@2", alias="schema"
     )
     record_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
     seq: Annotated[int, Field(ge=1)]
+    # The hash chain: sha256 of the exact bytes of this station's record seq - 1 (GENESIS_DIGEST
+    # for seq 1), taken in the transaction that takes seq. An edited or deleted record breaks it.
+    prev_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     station: str
     slot: str
     job_id: str
@@ -242,6 +254,16 @@ class RecordAck(Wire):
     )
     record_ids: Annotated[tuple[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")], ...],
                           Field(min_length=1, max_length=1000)]
+
+
+class RecorderState(Wire):
+    """A recorder's presence: "gone" is its last will, so stations resend at once what it held."""
+
+    schema_: Literal["fixture-agent/recorder-state@1"] = Field(
+        "fixture-agent/recorder-state@1", alias="schema"
+    )
+    recorder: str
+    state: Literal["online", "gone"]
 
 
 class Reject(Wire):

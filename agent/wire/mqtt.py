@@ -117,6 +117,18 @@ class CheckedClient(aiomqtt.Client):
         self._last_error: str | None = None
         self._client.on_log = self._remember_error
 
+    def manual_ack(self) -> None:
+        """From now on a received QoS 1 message is acknowledged only by :meth:`ack`.
+
+        aiomqtt 2.x has no manual acknowledgement; paho (underneath) has.
+        """
+        self._client.manual_ack_set(True)
+
+    def ack(self, message: aiomqtt.Message) -> None:
+        """Send the PUBACK of ``message`` (with :meth:`manual_ack`; QoS 0 needs none)."""
+        if message.qos > 0:
+            self._client.ack(message.mid, message.qos)
+
     def _remember_error(self, client: Any, userdata: Any, level: int, text: str) -> None:
         if level == MQTT_LOG_ERR:  # e.g. "failed to receive on socket: [SSL: ...] ..."
             self._last_error = text
@@ -213,19 +225,29 @@ class CheckedClient(aiomqtt.Client):
 
 def make_client(endpoint: BrokerEndpoint, *, client_id: str, will: aiomqtt.Will | None = None,
                 persistent: bool = False, session_expiry_s: int = 0,
-                max_packet_bytes: int | None = None) -> CheckedClient:
-    """A v5 client; ``persistent`` keeps the broker-side session across reconnects."""
+                max_packet_bytes: int | None = None, receive_maximum: int | None = None,
+                manual_ack: bool = False) -> CheckedClient:
+    """A v5 client; ``persistent`` keeps the broker-side session across reconnects.
+
+    ``receive_maximum`` caps the QoS 1 messages the broker sends before we acknowledge them;
+    with ``manual_ack`` a message is acknowledged only by :meth:`CheckedClient.ack`.
+    """
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     if persistent and session_expiry_s:
         properties.SessionExpiryInterval = session_expiry_s
     if max_packet_bytes:
         properties.MaximumPacketSize = max_packet_bytes
+    if receive_maximum:
+        properties.ReceiveMaximum = receive_maximum
     tls = endpoint.tls_context()
-    return CheckedClient(
+    client = CheckedClient(
         endpoint.host, endpoint.port, identifier=client_id,
         protocol=aiomqtt.ProtocolVersion.V5, keepalive=endpoint.keepalive_s, will=will,
         clean_start=not persistent, properties=properties, tls_context=tls, timeout=10.0,
     )
+    if manual_ack:
+        client.manual_ack()
+    return client
 
 
 # Reconnect delays of every client (station and plant): a line must be back within seconds of a

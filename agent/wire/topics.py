@@ -60,6 +60,17 @@ def group_firmware_set(group: str) -> str:
 
 
 ALL_RECORDS = f"{ROOT}/station/+/records"
+RECORDER_STATES = f"{ROOT}/recorder/+/state"
+
+
+def shared_records(group: str) -> str:
+    """The MQTT v5 shared subscription through which the recorders of ``group`` split records."""
+    return f"$share/{group}/{ALL_RECORDS}"
+
+
+def recorder_state(recorder: str) -> str:
+    """Recorder -> stations, QoS 1: online, or gone (its last will)."""
+    return f"{ROOT}/recorder/{recorder}/state"
 ALL_STATUS = f"{ROOT}/station/+/status"
 
 
