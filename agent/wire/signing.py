@@ -23,6 +23,10 @@ RefusalCode = Literal[
 ]
 
 
+# one unit, as both requests name it
+UnitSerial = Annotated[str, Field(min_length=1, max_length=64)]
+ChipUid = Annotated[str, Field(pattern=r"^[0-9a-f]{2,64}$")]
+
 class SignRequest(Wire):
     """Sign the factory data of one unit: its digest, bound to job, serial and chip uid."""
 
@@ -30,8 +34,8 @@ class SignRequest(Wire):
         "fixture-agent/sign-request@1", alias="schema")
     job_id: Ident
     product: Ident
-    serial: Annotated[str, Field(min_length=1, max_length=64)]
-    chip_uid: Annotated[str, Field(pattern=r"^[0-9a-f]{2,64}$")]
+    serial: UnitSerial
+    chip_uid: ChipUid
     digest: Sha256Hex = Field(description="SHA-256 hex of the factory data bytes")
 
 
@@ -64,8 +68,8 @@ class CertifyRequest(Wire):
         "fixture-agent/certify-request@1", alias="schema")
     job_id: Ident
     product: Ident
-    serial: Annotated[str, Field(min_length=1, max_length=64)]
-    chip_uid: Annotated[str, Field(pattern=r"^[0-9a-f]{2,64}$")]
+    serial: UnitSerial
+    chip_uid: ChipUid
     public_key: Annotated[str, Field(pattern=r"^04[0-9a-f]{128}$",
                                      description="P-256 point, SEC1 uncompressed, hex")]
 
