@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import aiomqtt
 import pytest
+from paho.mqtt.client import MQTT_LOG_DEBUG, MQTT_LOG_ERR
 
 from agent.sim.broker import LocalBroker
 from agent.wire.mqtt import BrokerEndpoint, CheckedClient, make_client
@@ -48,3 +50,16 @@ async def test_a_late_suback_for_an_abandoned_subscribe_is_not_an_error(
     with caplog.at_level(logging.DEBUG):
         client._on_subscribe(client._client, None, 3, [], None)  # no subscribe 3 is waiting
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_publish_failed_by_a_closed_connection_says_what_paho_last_saw() -> None:
+    client = make_client(BrokerEndpoint(host="127.0.0.1", port=1), client_id="t")
+    waiter: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    client._reasons[7] = waiter
+    client._client._easy_log(MQTT_LOG_DEBUG, "Received PUBLISH (m%d)", 3)  # not an error
+    client._client._easy_log(MQTT_LOG_ERR, "failed to receive on socket: %s",
+                             "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca")
+    client._fail_waiters(client._connected)
+    with pytest.raises(aiomqtt.MqttError, match="before acknowledging: failed to receive on "
+                                                r"socket: \[SSL: TLSV1_ALERT_UNKNOWN_CA\]"):
+        await waiter

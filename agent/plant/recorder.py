@@ -15,9 +15,10 @@ stations' resend timeout. Sessions are clean for the same reason: a persistent s
 member would keep taking its share of new records.
 
 Backpressure: the recorder announces ``queue_size`` as its MQTT v5 Receive Maximum, which is also
-its queue's bound, so a slow database should slow the broker rather than grow memory. Measured
-with mosquitto 2.0.11 (README, Benchmarks): with no acks it stops at the maximum; under a burst
-with acks flowing, aiomqtt's own (unbounded) receive queue grew past it. Not settled yet.
+its queue's bound, so a slow database slows the broker rather than growing memory. mosquitto
+2.0.11 overruns that maximum while acks flow; the client then stops reading its socket with that
+many received messages waiting (:mod:`agent.wire.receive_window`), so what the recorder holds is
+bounded either way: its queue, the batch being committed, and the client's window.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class Recorder:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read(client, queue))
-                group.create_task(self._write(client, queue))
+                group.create_task(self._write(client, queue, group))
         except asyncio.CancelledError:
             # A clean DISCONNECT sends no will: say "gone" ourselves, so stations resend what
             # the broker had queued for us.
@@ -123,33 +124,34 @@ class Recorder:
                 continue
             await queue.put((Incoming(station, message.payload), message))
 
-    async def _write(self, client: CheckedClient, queue: asyncio.Queue[Received]) -> None:
-        acking: asyncio.Task[None] | None = None
-        try:
-            while True:
-                batch = [await queue.get()]
-                while not queue.empty() and len(batch) < self._batch_max:
-                    batch.append(queue.get_nowait())
-                before = self._store.inserted
-                acks = await self._store.store_batch([item for item, _ in batch])
-                self.inserted += self._store.inserted - before
-                # committed: now, and only now, the broker and the stations may forget them
-                for _, message in batch:
-                    client.ack(message)
-                self.stored += sum(len(ids) for ids in acks.values())
-                if acking is not None:
-                    await acking  # one batch of acks in flight while the next batch commits
-                acking = asyncio.create_task(self._publish_acks(client, acks))
-        finally:
-            if acking is not None and not acking.done():
-                acking.cancel()
+    async def _write(self, client: CheckedClient, queue: asyncio.Queue[Received],
+                     group: asyncio.TaskGroup) -> None:
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty() and len(batch) < self._batch_max:
+                batch.append(queue.get_nowait())
+            before = self._store.inserted
+            acks = await self._store.store_batch([item for item, _ in batch])
+            self.inserted += self._store.inserted - before
+            # committed: now, and only now, the broker and the stations may forget them
+            for _, message in batch:
+                client.ack(message)
+            self.stored += sum(len(ids) for ids in acks.values())
+            # The next batch does not wait for these publishes' PUBACKs: with reading paused by
+            # a full receive window (a broker overrunning the maximum) they may sit unread behind
+            # records only the next batches make room for. A failure still ends the connection.
+            group.create_task(self._publish_acks(client, acks))
 
     async def _publish_acks(self, client: CheckedClient, acks: dict[str, list[str]]) -> None:
+        # No time limit on the PUBACKs: one may queue behind everything a broker sent past our
+        # Receive Maximum, read only as fast as records are stored; a connection that breaks
+        # fails them at once (CheckedClient), and a lost ack only means the station resends.
         publishes = []
         for station, ids in acks.items():
             for start in range(0, len(ids), 1000):
                 ack = RecordAck(record_ids=tuple(ids[start:start + 1000]))
-                publishes.append(client.publish_checked(StationTopics(station).acks, encode(ack)))
+                publishes.append(client.publish_checked(StationTopics(station).acks, encode(ack),
+                                                        timeout=None))
         for result in await asyncio.gather(*publishes, return_exceptions=True):
             if isinstance(result, PublishRefused):  # the station resends; we store it once
                 log.error("%s", result)

@@ -18,11 +18,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
-from paho.mqtt.client import MQTT_LOG_ERR
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import AgentError
+from agent.wire.receive_window import ReceiveQueue
 
 
 class PublishRefused(AgentError):
@@ -102,6 +102,19 @@ class BrokerEndpoint:
         return context
 
 
+class _LastError(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger for paho that passes everything on and remembers the last error's text."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+        self.last_error: str | None = None
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.ERROR:
+            self.last_error = str(msg) % args if args else str(msg)
+        super().log(level, msg, *args, **kwargs)
+
+
 class CheckedClient(aiomqtt.Client):
     """An aiomqtt client whose QoS 1 publishes report the broker's reason code.
 
@@ -114,8 +127,60 @@ class CheckedClient(aiomqtt.Client):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reasons: dict[int, asyncio.Future[Any]] = {}
-        self._last_error: str | None = None
-        self._client.on_log = self._remember_error
+        # paho's log, still passed on to aiomqtt's logger, with its last error kept for the
+        # messages below. (A paho on_log callback would do, but paho then formats every debug
+        # line, received PUBLISH properties included: a tenth of a busy recorder's time.)
+        self._paho_log = _LastError(self._logger)
+        self._client.enable_logger(self._paho_log)  # type: ignore[arg-type]  # paho only logs
+        self._reader_fd: int | None = None
+        self._reading_paused = False
+
+    def limit_receive(self, window: int) -> None:
+        """Hold at most about ``window`` received messages not yet taken from :attr:`messages`:
+        at that many, stop reading the socket until one is taken (:mod:`agent.wire.receive_window`).
+
+        Call before connecting.
+        """
+        self._queue = ReceiveQueue(window, full=self._pause_reading, room=self._resume_reading)
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        super()._on_socket_open(client, userdata, sock)
+        # aiomqtt registers its reader from paho's connect thread, through the loop; ours, queued
+        # after it, replaces it: the same reads, but one that a full receive window can pause.
+        self._loop.call_soon_threadsafe(self._take_reader, sock.fileno())
+
+    def _take_reader(self, fileno: int) -> None:
+        self._reader_fd = fileno
+        if self._reading_paused:
+            self._loop.remove_reader(fileno)
+        else:
+            self._loop.add_reader(fileno, self._read_socket)
+
+    def _read_socket(self) -> None:
+        client = self._client
+        try:
+            while not self._reading_paused:
+                client.loop_read()
+                # an SSL socket may hold decoded bytes the selector will not report again
+                pending = getattr(client.socket(), "pending", None)
+                if pending is None or pending() == 0:
+                    break
+        except Exception as exc:  # the connection broke: what aiomqtt's own reader does
+            if not self._disconnected.done():
+                self._disconnected.set_exception(exc)
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            if self._reader_fd is not None:
+                self._loop.remove_reader(self._reader_fd)
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            if self._reader_fd is not None:
+                self._loop.add_reader(self._reader_fd, self._read_socket)
+                self._loop.call_soon(self._read_socket)  # bytes SSL decoded before the pause
 
     def manual_ack(self) -> None:
         """From now on a received QoS 1 message is acknowledged only by :meth:`ack`.
@@ -129,16 +194,13 @@ class CheckedClient(aiomqtt.Client):
         if message.qos > 0:
             self._client.ack(message.mid, message.qos)
 
-    def _remember_error(self, client: Any, userdata: Any, level: int, text: str) -> None:
-        if level == MQTT_LOG_ERR:  # e.g. "failed to receive on socket: [SSL: ...] ..."
-            self._last_error = text
-
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
         # paho may close from the thread aiomqtt connects in: settle the futures on the loop.
         # It also closes when the client is collected, maybe after the loop has closed: then
         # nothing waits any more.
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._fail_waiters, self._connected)
+        self._reader_fd = None
         super()._on_socket_close(client, userdata, sock)
 
     def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
@@ -163,7 +225,8 @@ class CheckedClient(aiomqtt.Client):
             self._loop.call_soon_threadsafe(register)
 
     def _fail_waiters(self, connected: asyncio.Future[None]) -> None:
-        detail = f": {self._last_error}" if self._last_error else ""
+        last = self._paho_log.last_error  # e.g. "failed to receive on socket: [SSL: ...] ..."
+        detail = f": {last}" if last else ""
         # A connect only while __aenter__ waits for this very CONNACK (it holds the lock).
         if connected is self._connected and not connected.done() and self._lock.locked():
             connected.set_exception(aiomqtt.MqttError(
@@ -205,8 +268,11 @@ class CheckedClient(aiomqtt.Client):
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
     async def publish_checked(self, topic: str, payload: bytes, *, retain: bool = False,
-                              timeout: float = 10.0) -> None:
-        """Publish at QoS 1 and wait for a successful PUBACK; raise PublishRefused otherwise."""
+                              timeout: float | None = 10.0) -> None:
+        """Publish at QoS 1 and wait for a successful PUBACK; raise PublishRefused otherwise.
+
+        ``timeout=None`` waits as long as the connection lives (its loss fails the wait).
+        """
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         info = self._client.publish(topic, payload, 1, retain)
         if info.rc != 0:
@@ -229,8 +295,10 @@ def make_client(endpoint: BrokerEndpoint, *, client_id: str, will: aiomqtt.Will 
                 manual_ack: bool = False) -> CheckedClient:
     """A v5 client; ``persistent`` keeps the broker-side session across reconnects.
 
-    ``receive_maximum`` caps the QoS 1 messages the broker sends before we acknowledge them;
-    with ``manual_ack`` a message is acknowledged only by :meth:`CheckedClient.ack`.
+    ``receive_maximum`` caps the QoS 1 messages the broker sends before we acknowledge them, and
+    the messages we hold before reading more (:meth:`CheckedClient.limit_receive`: a broker may
+    overrun the maximum); with ``manual_ack`` a message is acknowledged only by
+    :meth:`CheckedClient.ack`.
     """
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     if persistent and session_expiry_s:
@@ -245,6 +313,8 @@ def make_client(endpoint: BrokerEndpoint, *, client_id: str, will: aiomqtt.Will 
         protocol=aiomqtt.ProtocolVersion.V5, keepalive=endpoint.keepalive_s, will=will,
         clean_start=not persistent, properties=properties, tls_context=tls, timeout=10.0,
     )
+    if receive_maximum:
+        client.limit_receive(receive_maximum)
     if manual_ack:
         client.manual_ack()
     return client
