@@ -33,7 +33,34 @@ def _no_constants(name: str) -> Any:
     raise BadMessage("bad_number", f"{name} is not a JSON number")
 
 
+def _fits(value: Any, depth: int, strings: bool) -> bool:
+    """What :func:`_check_tree` checks, without building paths: the fast pass on every payload.
+
+    ``strings``: check strings for lone surrogates (only a ``\\u`` escape can make one: the text
+    was valid UTF-8).
+    """
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if strings and not _fits(key, depth + 1, strings):
+                return False
+            if not _fits(item, depth + 1, strings):
+                return False
+    elif isinstance(value, list):
+        for item in value:
+            if not _fits(item, depth + 1, strings):
+                return False
+    elif strings and isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
 def _check_tree(value: Any, depth: int, path: str) -> None:
+    """Raise the BadMessage that names where the tree fails :func:`_fits` (the slow pass)."""
     if depth > MAX_DEPTH:
         raise BadMessage("too_deep", f"nesting deeper than {MAX_DEPTH} levels at {path or '$'}")
     if isinstance(value, str):
@@ -85,7 +112,11 @@ def parse_inbound(model: type[M], payload: bytes, *, max_bytes: int) -> M:
         raise BadMessage("too_deep", f"nesting deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError, and int() beyond sys.get_int_max_str_digits
         raise BadMessage("not_json", f"not valid JSON: {exc}") from None
-    _check_tree(tree, 0, "")
+    # Brackets counted in the text (strings included) bound the nesting from above, and only a
+    # \\u escape can make a lone surrogate: most payloads need no walk of their tree at all.
+    strings = "\\u" in text
+    if (text.count("{") + text.count("[") > MAX_DEPTH or strings) and not _fits(tree, 0, strings):
+        _check_tree(tree, 0, "")
     if not isinstance(tree, dict):
         raise BadMessage("not_object", f"expected a JSON object, found {type(tree).__name__}")
     try:
