@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.plant.audit import AUDIT_SQL
-from agent.plant.backends import LINKS, Backend, open_backend
+from agent.plant.backends import Backend, links_sql, open_backend
 from agent.plant.trace import EXPORT_SQL, lookup_sql, yield_sql
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -28,7 +28,8 @@ def queries() -> dict[str, tuple[str, tuple[Any, ...]]]:
         found[f"yield by {group}"] = (yield_sql(group), (since, until))  # type: ignore[arg-type]
     found["export"] = (EXPORT_SQL, (since, until))
     found["audit"] = (AUDIT_SQL, ("st-7",))
-    found["chain links on arrival"] = (LINKS, ("st-7", 100, 600))
+    found["chain links on arrival"] = (links_sql(3), ("st-7", 100, 600, "st-8", 90, 400,
+                                                      "st-9", 1, 20))
     found["missing seqs"] = (MISSING_SQL, ("st-7",))
     return found
 

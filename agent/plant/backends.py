@@ -29,8 +29,20 @@ INSERT_KEY = ("INSERT INTO record_keys (key_ref, finished_at, record_id) VALUES 
               " ON CONFLICT DO NOTHING")
 INSERT_QUARANTINE = ("INSERT INTO quarantine (record_id, station, reason, payload)"
                      " VALUES (%s, %s, %s, %s) ON CONFLICT (record_id) DO NOTHING")
-LINKS = ("SELECT seq, record_id, digest FROM records"
-         " WHERE station = %s AND seq BETWEEN %s AND %s")
+Span = tuple[str, int, int]  # a station and a range of its seqs, both ends included
+Link = tuple[str, int, str, str | None]  # station, seq, record id, digest
+
+
+def links_sql(spans: int) -> str:
+    """The stored (station, seq, record id, digest) in ``spans`` station seq ranges: one query
+    for a whole batch, each range an index range scan on (station, seq)."""
+    ranges = " OR ".join(["(station = %s AND seq BETWEEN %s AND %s)"] * spans)
+    return f"SELECT station, seq, record_id, digest FROM records WHERE {ranges}"  # noqa: S608
+
+
+def span_params(spans: Sequence[Span]) -> list[Any]:
+    """The parameters of :func:`links_sql` for ``spans``."""
+    return [value for span in spans for value in span]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +84,8 @@ class Backend(Protocol):
     def ts(self, when: datetime) -> Any:
         """``when`` as this engine stores a time."""
 
-    async def links(self, station: str, low: int, high: int) -> list[tuple[int, str, str | None]]:
-        """(seq, record id, digest) of ``station``'s stored records with seq in [low, high]."""
+    async def links(self, spans: Sequence[Span]) -> list[Link]:
+        """The stored records in each span (a station and a range of its seqs)."""
 
     async def insert(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
         """Store in one transaction, skipping record ids already there; returns how many new."""
@@ -153,9 +165,12 @@ class SqliteBackend:
         """ISO 8601 in UTC with microseconds: sorts as text in time order."""
         return when.astimezone(UTC).isoformat(timespec="microseconds")
 
-    async def links(self, station: str, low: int, high: int) -> list[tuple[int, str, str | None]]:
+    async def links(self, spans: Sequence[Span]) -> list[Link]:
         """See :class:`Backend`."""
-        return [(r[0], r[1], r[2]) for r in await self.fetch(LINKS, (station, low, high))]
+        if not spans:
+            return []
+        rows = await self.fetch(links_sql(len(spans)), span_params(spans))
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def insert(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
         """See :class:`Backend`."""
@@ -166,9 +181,12 @@ class SqliteBackend:
             await db.executemany(_q(INSERT_RECORD), [
                 record_params(r, self.ts(r.finished_at), r.link_ok) for r in rows])
             added = db.total_changes - before
-            await db.executemany(_q(INSERT_KEY), key_params(rows, self.ts))
-            await db.executemany(_q(INSERT_QUARANTINE), [
-                (q.record_id, q.station, q.reason, q.payload) for q in quarantined])
+            keys = key_params(rows, self.ts)
+            if keys:
+                await db.executemany(_q(INSERT_KEY), keys)
+            if quarantined:
+                await db.executemany(_q(INSERT_QUARANTINE), [
+                    (q.record_id, q.station, q.reason, q.payload) for q in quarantined])
         except BaseException:
             await db.execute("ROLLBACK")
             raise

@@ -22,11 +22,14 @@ from agent.plant.backends import (
     INSERT_KEY,
     INSERT_QUARANTINE,
     INSERT_RECORD,
-    LINKS,
+    Link,
     Quarantined,
     Row,
+    Span,
     key_params,
+    links_sql,
     record_params,
+    span_params,
 )
 from agent.plant.schema import MIGRATIONS_TABLE, POSTGRES
 
@@ -81,9 +84,12 @@ class PostgresBackend:
         """A timezone-aware datetime (TIMESTAMPTZ)."""
         return when.astimezone(UTC)
 
-    async def links(self, station: str, low: int, high: int) -> list[tuple[int, str, str | None]]:
+    async def links(self, spans: Sequence[Span]) -> list[Link]:
         """See :class:`agent.plant.backends.Backend`."""
-        return [(r[0], r[1], r[2]) for r in await self.fetch(LINKS, (station, low, high))]
+        if not spans:
+            return []
+        rows = await self.fetch(links_sql(len(spans)), span_params(spans))
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def insert(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
         """See :class:`agent.plant.backends.Backend`."""

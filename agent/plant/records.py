@@ -83,16 +83,19 @@ class RecordStore:
         by_station: dict[str, list[Row]] = defaultdict(list)
         for row in rows:
             by_station[row.station].append(row)
+        spans = [(station, min(r.seq for r in mine) - 1, max(r.seq for r in mine))
+                 for station, mine in by_station.items()]
+        digests: dict[str, dict[int, str | None]] = defaultdict(dict)
+        holders: dict[str, dict[int, str]] = defaultdict(dict)
+        for station, seq, record_id, digest in await self.backend.links(spans):
+            digests[station][seq] = digest
+            holders[station][seq] = record_id
         checked: list[Row] = []
         for station, mine in by_station.items():
-            low, high = min(r.seq for r in mine) - 1, max(r.seq for r in mine)
-            stored = await self.backend.links(station, low, high)
-            digests = {seq: digest for seq, _, digest in stored}
-            holders = {seq: record_id for seq, record_id, _ in stored}
             for row in sorted(mine, key=lambda r: r.seq):
-                checked.append(self._check(row, digests, holders))
-                digests.setdefault(row.seq, row.digest)
-                holders.setdefault(row.seq, row.record_id)
+                checked.append(self._check(row, digests[station], holders[station]))
+                digests[station].setdefault(row.seq, row.digest)
+                holders[station].setdefault(row.seq, row.record_id)
         return checked
 
     def _check(self, row: Row, digests: dict[int, str | None],
