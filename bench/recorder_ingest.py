@@ -14,7 +14,10 @@ simulated stations in P publisher processes (paho, QoS 1). Runs:
 
 Ratios are against references of the same run (absolute figures on a shared machine are noise).
 Targets: two recorders on PostgreSQL >= 1.6x one; a recorder >= 0.5x the counting subscriber;
-backlog drained with station RSS growth < 20 MB. Last line: one JSON object.
+backlog drained with station RSS growth < 20 MB. Each run also prints the CPU one record cost in
+each role and how busy the machine was, and the ratio two recorders could reach at most with every
+core busy at that cost (``postgresql_2_over_1_cpu_ceiling``): on a machine with few cores the
+publishers, the broker and PostgreSQL share them with the recorders. Last line: one JSON object.
 
     .venv/bin/python bench/recorder_ingest.py [--records 100000] [--stations 20]
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -66,13 +70,74 @@ def rss_peak_kb(pid: int) -> int:
     return 0
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int, *, reaped_children: bool = False) -> float:
+    """CPU seconds a process has used (all its threads; with ``reaped_children`` also its
+    children that have exited, e.g. PostgreSQL backends), 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLOCK_TICKS
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine since boot, every core summed."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / CLOCK_TICKS, sum(values) / CLOCK_TICKS
+
+
+class CpuMeter:
+    """CPU seconds of each role of a run, between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, roles: dict[str, list[int]], server: int | None) -> None:
+        self._roles = roles
+        self._server = server  # a PostgreSQL postmaster: it and its backends
+        self._start: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        now = {role: sum(cpu_s(pid) for pid in pids) for role, pids in self._roles.items()}
+        if self._server is not None:
+            now["postgresql"] = (cpu_s(self._server, reaped_children=True)
+                                 + sum(cpu_s(pid) for pid in children(self._server)))
+        now["machine"] = machine_busy_s()[0]
+        return now
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> None:
+        end = self._now()
+        self.used = {role: end[role] - self._start[role] for role in end}
+
+
 def spawn(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
 
 async def run_flow(folder: Path, files: list[Path], records: int, *, db: str | None,
-                   recorders: int) -> dict[str, Any]:
+                   recorders: int, server_pid: int | None = None) -> dict[str, Any]:
     """One run: publishers -> broker -> recorders (or the counting subscriber)."""
     print(f"run: {db or 'reference'} x{recorders}", file=sys.stderr, flush=True)
     broker = LocalBroker(folder / f"broker-{time.monotonic_ns()}", extra_config=BROKER_CONFIG)
@@ -93,6 +158,9 @@ async def run_flow(folder: Path, files: list[Path], records: int, *, db: str | N
         for p in publishers:  # each has read its file and connected
             assert p.stdout is not None
             await asyncio.to_thread(p.stdout.readline)
+        meter = CpuMeter({"consumers": [c.pid for c in consumers],
+                          "broker": [broker.pid] if broker.pid else []}, server_pid)
+        meter.start()
         for p in publishers:
             assert p.stdin is not None
             p.stdin.write("go\n")
@@ -107,14 +175,19 @@ async def run_flow(folder: Path, files: list[Path], records: int, *, db: str | N
         else:
             end = max(r["end"] for r in results)
             done = sum(r["acked"] for r in results)
+        meter.stop()
         peaks = [rss_peak_kb(c.pid) for c in consumers]
     finally:
         for c in consumers:
             c.terminate()
             await asyncio.to_thread(c.wait)
         await broker.stop()
+    used = {**meter.used, "publishers": sum(r["cpu_s"] for r in results)}
+    machine = used.pop("machine")
     return {"records": done, "seconds": round(end - start, 3),
-            "per_s": round(done / (end - start)), "rss_mb": [round(k / 1024, 1) for k in peaks]}
+            "per_s": round(done / (end - start)), "rss_mb": [round(k / 1024, 1) for k in peaks],
+            "cpu_ms_per_record": {role: round(1000 * s / done, 3) for role, s in used.items()},
+            "machine_busy_pct": round(100 * machine / (os.cpu_count() or 1) / (end - start))}
 
 
 async def main(records: int, stations: int) -> None:
@@ -131,7 +204,7 @@ async def main(records: int, stations: int) -> None:
             await pg.start()
             try:
                 figures[f"postgresql_{n}"] = await run_flow(folder, files, records, db=pg.url,
-                                                            recorders=n)
+                                                            recorders=n, server_pid=pg.pid)
             finally:
                 await pg.stop()
         backlog = spawn(__file__, "--role", "backlog", "--records", str(records),
@@ -145,6 +218,12 @@ async def main(records: int, stations: int) -> None:
         "sqlite_1_over_reference": round(figures["sqlite_1"]["per_s"] / ref, 2),
         "postgresql_1_over_reference": round(figures["postgresql_1"]["per_s"] / ref, 2),
     }
+    # What two recorders could reach at best on this machine: every core busy with the CPU one
+    # record cost across all roles of that run (recorders, PostgreSQL, broker, publishers).
+    two = figures["postgresql_2"]
+    ceiling = (os.cpu_count() or 1) * 1000 / sum(two["cpu_ms_per_record"].values())
+    figures["ratios"]["postgresql_2_over_1_cpu_ceiling"] = round(
+        ceiling / figures["postgresql_1"]["per_s"], 2)
     targets = {"postgresql_2_over_1 >= 1.6": figures["ratios"]["postgresql_2_over_1"] >= 1.6,
                "recorder_over_reference >= 0.5":
                    figures["ratios"]["sqlite_1_over_reference"] >= 0.5

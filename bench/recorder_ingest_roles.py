@@ -45,16 +45,17 @@ def publisher(args: argparse.Namespace) -> None:
     time.sleep(0.5)
     print("ready", flush=True)
     sys.stdin.readline()
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     infos = [client.publish(StationTopics(station).records, payload.encode(), qos=1)
              for station, payload in lines]
     for info in infos:
         info.wait_for_publish(600)
     if args.wait_acks:
         done.wait(600)
-    end = time.time()
+    end, cpu_end = time.time(), time.process_time()
     client.loop_stop()
-    print(json.dumps({"start": start, "end": end, "acked": len(acked), "sent": len(lines)}))
+    print(json.dumps({"start": start, "end": end, "acked": len(acked), "sent": len(lines),
+                      "cpu_s": cpu_end - cpu_start}))
 
 
 async def counter(args: argparse.Namespace) -> None:

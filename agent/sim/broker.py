@@ -61,6 +61,11 @@ class LocalBroker:
                 f"user {getpass.getuser()}\n"
                 f"{self.extra_config}")
 
+    @property
+    def pid(self) -> int | None:
+        """The process id of the running mosquitto, None when stopped."""
+        return self._process.pid if self._process is not None else None
+
     async def start(self) -> None:
         """Start mosquitto and wait until it accepts connections."""
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,11 @@ class LocalPostgres:
         return ["setpriv", f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}",
                 "--init-groups", "--", *argv]
 
+    @property
+    def pid(self) -> int | None:
+        """The process id of the running postgres (the postmaster), None when stopped."""
+        return self._process.pid if self._process is not None else None
+
     async def start(self) -> None:
         """Make the cluster and start the server; returns once it accepts connections."""
         self.folder = Path(tempfile.mkdtemp(prefix="fixture-agent-pg-"))

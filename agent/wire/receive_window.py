@@ -2,9 +2,9 @@
 
 MQTT v5 bounds the QoS 1 messages a broker sends before their PUBACKs by the client's Receive
 Maximum. mosquitto 2.0.11 (Debian 12's) keeps to it only while no PUBACK comes back: with a
-consumer acknowledging as it goes, it sent several thousand past a maximum of 100 (measured,
-``tests/test_receive_window.py``; "various fixes around inflight quota management" came in
-2.0.13). aiomqtt's queue of received messages is unbounded (a bound there drops messages), so a
+consumer acknowledging as it goes, a client with a maximum of 50 held hundreds of unread messages
+(``tests/test_receive_window.py``; 2.0.13's change log lists "various fixes around inflight quota
+management"). aiomqtt's queue of received messages is unbounded (a bound there drops messages), so a
 recorder slower than its stations grew by hundreds of megabytes.
 
 :class:`ReceiveQueue` replaces that queue: it never drops a message, but when ``window`` of them
