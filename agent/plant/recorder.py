@@ -1,9 +1,9 @@
 """The plant-side recorder: stores every station's unit records, then acknowledges them.
 
-Three stages: receive -> a bounded queue -> a batch committed in one transaction -> acks. A
-message is acknowledged to the broker (its PUBACK) and to its station (a RecordAck) only after the
-commit that stores it, so a station forgets a record only once the plant really holds it, and a
-recorder that dies holds nothing it has acknowledged.
+Three stages: receive (into the client's bounded queue) -> a batch committed in one transaction
+-> acks. A message is acknowledged to the broker (its PUBACK) and to its station (a RecordAck)
+only after the commit that stores it, so a station forgets a record only once the plant really
+holds it, and a recorder that dies holds nothing it has acknowledged.
 
 Any number of recorders share the load through one MQTT v5 shared subscription
 (``$share/<group>/fixture/v1/station/+/records``). Storage is idempotent on record id, so a record
@@ -46,7 +46,7 @@ from agent.wire.topics import StationTopics, recorder_state, shared_records, sta
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "recorders"
-QUEUE_SIZE = 1000  # messages received and not yet acknowledged, at most
+QUEUE_SIZE = 1000  # messages received and not yet taken into a batch, at most
 BATCH_MAX = 500  # records per transaction
 GONE_PUBLISH_S = 2.0
 
@@ -93,9 +93,6 @@ class Recorder:
             await asyncio.sleep(backoff.next_delay())
 
     async def _serve(self, client: CheckedClient, topic: str) -> None:
-        # A fresh queue per connection: a message of a dead connection cannot be acked on a new
-        # one (its packet id means nothing there); the broker has dropped or resent it already.
-        queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=self._queue_size)
         await client.subscribe(shared_records(self._group), qos=1)
         try:
             await client.publish_checked(topic, self._state("online"))
@@ -106,8 +103,7 @@ class Recorder:
         self.backoff.reset()
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._read(client, queue))
-                group.create_task(self._write(client, queue, group))
+                group.create_task(self._store_and_ack(client, group))
         except asyncio.CancelledError:
             # A clean DISCONNECT sends no will: say "gone" ourselves, so stations resend what
             # the broker had queued for us.
@@ -116,20 +112,20 @@ class Recorder:
                     await client.publish_checked(topic, self._state("gone"))
             raise
 
-    async def _read(self, client: CheckedClient, queue: asyncio.Queue[Received]) -> None:
-        async for message in client.messages:
-            station = station_of(message.topic.value)
-            if station is None or not isinstance(message.payload, bytes):
-                client.ack(message)
-                continue
-            await queue.put((Incoming(station, message.payload), message))
-
-    async def _write(self, client: CheckedClient, queue: asyncio.Queue[Received],
-                     group: asyncio.TaskGroup) -> None:
+    async def _store_and_ack(self, client: CheckedClient, group: asyncio.TaskGroup) -> None:
+        """Batches straight from the client's receive queue (its window is the bound; the client
+        reads the socket on while a batch commits). A message is only ever acked on the
+        connection that received it: a new connection has a new client and a new queue."""
+        messages = aiter(client.messages)
         while True:
-            batch = [await queue.get()]
-            while not queue.empty() and len(batch) < self._batch_max:
-                batch.append(queue.get_nowait())
+            received = [await anext(messages), *client.take_received(self._batch_max - 1)]
+            batch: list[Received] = []
+            for message in received:
+                station = station_of(message.topic.value)
+                if station is None or not isinstance(message.payload, bytes):
+                    client.ack(message)
+                    continue
+                batch.append((Incoming(station, message.payload), message))
             before = self._store.inserted
             acks = await self._store.store_batch([item for item, _ in batch])
             self.inserted += self._store.inserted - before

@@ -143,6 +143,13 @@ class CheckedClient(aiomqtt.Client):
         """
         self._queue = ReceiveQueue(window, full=self._pause_reading, room=self._resume_reading)
 
+    def take_received(self, most: int) -> list[aiomqtt.Message]:
+        """Up to ``most`` received messages that are waiting now, without waiting for more."""
+        taken: list[aiomqtt.Message] = []
+        while len(taken) < most and not self._queue.empty():
+            taken.append(self._queue.get_nowait())
+        return taken
+
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         super()._on_socket_open(client, userdata, sock)
         # aiomqtt registers its reader from paho's connect thread, through the loop; ours, queued
