@@ -114,3 +114,17 @@ def test_plant_service_on_a_taken_console_address_says_so(tmp_path: Path) -> Non
     bad = fixture_agent("recorder", "--db", str(tmp_path / "plant.db"), "--console", "8080")
     assert bad.returncode == 2
     assert "--console: expected HOST:PORT" in bad.stderr
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("--queue-size", "0", "'0' is not a whole number from 1 to 65535"),
+    ("--queue-size", "70000", "from 1 to 65535"),
+    ("--batch-max", "many", "'many' is not a whole number from 1 to 100000")])
+def test_recorder_limits_out_of_range_are_refused_in_a_sentence(
+        tmp_path: Path, option: str, value: str, expected: str) -> None:
+    """A Receive Maximum of 0 is a protocol error the broker answers by closing: the recorder
+    retried silently for ever."""
+    result = fixture_agent("recorder", "--db", str(tmp_path / "r.db"), option, value)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr

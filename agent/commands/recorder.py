@@ -24,6 +24,19 @@ from agent.wire.mqtt import RECONNECT_MAX_S
 DB_HELP = "recorder database: a SQLite file, or a postgresql://USER@HOST/DB URL"
 
 
+def count_in(low: int, high: int) -> Any:
+    """An argparse type: a whole number from ``low`` to ``high``, or a sentence saying so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to {high}")
+        return value
+    return parse
+
+
 def add_db_option(parser: argparse.ArgumentParser) -> None:
     """--db, the same for every command that reads or writes records."""
     parser.add_argument("--db", required=True, metavar="PATH|URL", help=DB_HELP)
@@ -44,10 +57,11 @@ def register(subparsers: Any) -> None:
     recorder.add_argument("--group", default=DEFAULT_GROUP,
                           help="shared-subscription group of the recorders that split the "
                                "records (default: %(default)s)")
-    recorder.add_argument("--queue-size", type=int, default=QUEUE_SIZE, metavar="N",
-                          help="messages received and not yet acknowledged, at most "
-                               "(default: %(default)s)")
-    recorder.add_argument("--batch-max", type=int, default=BATCH_MAX, metavar="N",
+    recorder.add_argument("--queue-size", type=count_in(1, 65535), default=QUEUE_SIZE,
+                          metavar="N", help="MQTT v5 Receive Maximum, and the received messages "
+                          "held before reading more (default: %(default)s)")
+    recorder.add_argument("--batch-max", type=count_in(1, 100_000), default=BATCH_MAX,
+                          metavar="N",
                           help="records per transaction, at most (default: %(default)s)")
     recorder.add_argument("--reconnect-max-s", type=float, default=RECONNECT_MAX_S, metavar="S",
                           help="longest wait between reconnect attempts (default: %(default)s)")
