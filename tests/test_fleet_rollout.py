@@ -21,8 +21,8 @@ from agent.demo.images import ReleaseKey
 from agent.plant.publish import publish_retained
 from agent.plant.rollout.engine import RolloutEngine
 from agent.plant.rollout.model import Gate, RolloutPlan, RolloutState, WaveState
-from agent.plant.rollout.store import RolloutStore, open_rollout_db
-from agent.plant.rollout.yields import SqliteYields
+from agent.plant.rollout.store import RolloutStore
+from agent.plant.rollout.yields import RecordYields
 from agent.sim.broker import LocalBroker
 from agent.wire.codec import encode
 from agent.wire.messages import StationStatus
@@ -43,12 +43,11 @@ async def test_bad_set_is_rolled_back_at_wave_one_and_good_set_reaches_every_sta
     result = await demo.run()
     assert result == {"bad": "rolled_back", "good": "completed"}, out.getvalue()
 
-    db = await open_rollout_db(tmp_path / "plant" / "records.db")
+    store = await RolloutStore.open(str(tmp_path / "plant" / "records.db"))
     try:
-        store = RolloutStore(db)
         bad, good = await store.load(1), await store.load(2)
     finally:
-        await db.close()
+        await store.close()
     assert [w.state for w in bad.waves] == [WaveState.FAILED, WaveState.PENDING,
                                             WaveState.PENDING]
     assert [s.station for s in bad.touched()] == ["fleet-01"]  # nobody else ever got it
@@ -82,8 +81,7 @@ async def test_engine_restarted_mid_rollout_carries_on_and_an_offline_station_fa
     demo = FleetDemo(workdir=tmp_path, out=io.StringIO(),
                      options=FleetOptions(stations=2, min_units=3, engine=False))
     fleet_task = asyncio.create_task(demo.run(scenario=False, stay=True))
-    path = tmp_path / "plant" / "records.db"
-    db = await open_rollout_db(path)
+    store = await RolloutStore.open(str(tmp_path / "plant" / "records.db"))
     engine_task = None
     try:
         await asyncio.wait_for(demo.baseline_done.wait(), 120)
@@ -93,7 +91,6 @@ async def test_engine_restarted_mid_rollout_carries_on_and_an_offline_station_fa
         signed, _ = demo.signed(GOOD, 9, "c")
         gate = Gate(min_units=3, action="pause", approve_each_wave=True,
                     activation_timeout_s=2, offline_timeout_s=2)
-        store = RolloutStore(db)
         rollout_id = await store.create(RolloutPlan(
             set_id=GOOD, product="sensor-node", signed_set=signed.decode(),
             stations=("fleet-01", "fleet-02"), waves=("1", "100%"), gate=gate,
@@ -101,7 +98,7 @@ async def test_engine_restarted_mid_rollout_carries_on_and_an_offline_station_fa
 
         def engine() -> asyncio.Task[None]:
             return asyncio.create_task(RolloutEngine(
-                store=store, yields=SqliteYields(db), fleet=fleet,
+                store=store, yields=RecordYields(store.backend), fleet=fleet,
                 endpoint=demo.endpoint_or_fail(), tick_s=0.1).run())
 
         async def wave_state(index: int, state: WaveState) -> bool:
@@ -138,7 +135,7 @@ async def test_engine_restarted_mid_rollout_carries_on_and_an_offline_station_fa
         fleet_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await fleet_task
-        await db.close()
+        await store.close()
 
 
 async def _offline(fleet: object, station: str) -> bool:
@@ -189,14 +186,13 @@ async def test_station_offline_mid_wave_fails_it_after_the_timeout_and_abort_rol
     demo = FleetDemo(workdir=tmp_path, out=io.StringIO(),
                      options=FleetOptions(stations=2, min_units=3, tick_s=0.1))
     fleet_task = asyncio.create_task(demo.run(scenario=False, stay=True))
-    db = await open_rollout_db(tmp_path / "plant" / "records.db")
+    store = await RolloutStore.open(str(tmp_path / "plant" / "records.db"))
     try:
         await asyncio.wait_for(demo.baseline_done.wait(), 120)
         assert demo.plant is not None
         assert demo.plant.fleet is not None
         fleet = demo.plant.fleet
         signed, _ = demo.signed(GOOD, 9, "c")
-        store = RolloutStore(db)
         gate = Gate(min_units=100_000, action="pause", offline_timeout_s=1)  # never judged
         rollout_id = await store.create(RolloutPlan(
             set_id=GOOD, product="sensor-node", signed_set=signed.decode(),
@@ -235,7 +231,7 @@ async def test_station_offline_mid_wave_fails_it_after_the_timeout_and_abort_rol
         fleet_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await fleet_task
-        await db.close()
+        await store.close()
 
 
 async def test_start_by_group_takes_the_stations_that_report_it(tmp_path: Path,
@@ -258,9 +254,9 @@ async def test_start_by_group_takes_the_stations_that_report_it(tmp_path: Path,
                                      capture_output=True, text=True, timeout=60, check=False)
     assert nobody.returncode == 2
     assert "no station on the broker reports group line-9" in nobody.stderr
-    rollout_db = await open_rollout_db(db)
+    store = await RolloutStore.open(str(db))
     try:
-        rollout = await RolloutStore(rollout_db).load(1)
+        rollout = await store.load(1)
     finally:
-        await rollout_db.close()
+        await store.close()
     assert [w.stations for w in rollout.waves] == [("st-a",), ("st-b",)]
