@@ -22,11 +22,11 @@ from agent.plant.rollout.model import (
     FINISHED,
     Decision,
     Figures,
-    IllegalMove,
     Rollout,
     RolloutPlan,
     RolloutState,
     StationStep,
+    UnexpectedState,
     Wave,
     WaveState,
     check_rollout_move,
@@ -167,12 +167,13 @@ class RolloutStore:
                    expect: frozenset[RolloutState] | None = None) -> None:
         """Change the rollout's state (and maybe its current wave's) with the decision, or raise.
 
-        ``expect``: the states this move is meant for (approve is not resume); others raise.
+        ``expect``: the states this move is meant for (approve is not resume; the engine's
+        step is meant for the state it read); others raise UnexpectedState.
         """
         async with self.backend.transaction() as tx:
             current, current_wave = await self._lock(tx, rollout_id)
             if expect is not None and current not in expect:
-                raise IllegalMove(f"rollout {rollout_id}", current, wanted)
+                raise UnexpectedState(f"rollout {rollout_id}", current, wanted)
             if wanted != current:
                 check_rollout_move(current, wanted, what=f"rollout {rollout_id}")
             index = current_wave if wave is None else wave
