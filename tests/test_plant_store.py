@@ -74,6 +74,7 @@ async def test_a_transaction_is_all_or_nothing_and_reads_beside_it_see_only_comm
     assert await beside[0] == 0
     async with backend.transaction() as tx:
         await tx.execute(INSERT_QUARANTINE, ("b" * 32, "st-1", "test", b"{}"))
+        assert await tx.fetch("UPDATE quarantine SET reason = 'kept'") == []  # no rows to give
     assert await held() == 1
 
 

@@ -152,6 +152,8 @@ class _PostgresTx:
         if for_update:
             sql += " FOR UPDATE"
         cursor = await self._conn.execute(sql.encode(), tuple(params) or None)
+        if cursor.description is None:  # a statement that returns no rows
+            return []
         return [tuple(row) for row in await cursor.fetchall()]
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
