@@ -136,6 +136,15 @@ def pg_url(postgres_server: LocalPostgres) -> str:
     return postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The plant database on each engine: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "records.db")
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
 NRF_PROBE = "t1"  # the simulated probe the pyOCD backend tests use
 
 

@@ -21,7 +21,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from agent.demo.fleet import FleetDemo, FleetOptions
 from agent.plant.rollout.model import Gate, RolloutPlan, RolloutState
-from agent.plant.rollout.store import RolloutStore, open_rollout_db
+from agent.plant.rollout.store import RolloutStore
 from tests.browser import chromium
 
 TOKEN = "operator-secret-1"
@@ -109,9 +109,8 @@ async def test_station_list_updates_when_a_unit_finishes_without_a_reload(
 async def test_actions_need_the_token_and_a_rollout_is_shown_advancing(
         fleet: FleetDemo, tmp_path: Path) -> None:
     signed, _ = fleet.signed("sensor-node-2026.12.1", 9, "c")
-    db = await open_rollout_db(tmp_path / "plant" / "records.db")
+    store = await RolloutStore.open(str(tmp_path / "plant" / "records.db"))
     try:
-        store = RolloutStore(db)
         rollout_id = await store.create(RolloutPlan(
             set_id="sensor-node-2026.12.1", product="sensor-node", signed_set=signed.decode(),
             stations=("fleet-01", "fleet-02"), waves=("1", "100%"), gate=Gate(min_units=3),
@@ -141,7 +140,7 @@ async def test_actions_need_the_token_and_a_rollout_is_shown_advancing(
             assert wave2 == "wave 2: passed (1)"
             assert "gate_pass" in (await in_thread(lambda: text(driver, f"{box} .decisions")) or "")
     finally:
-        await db.close()
+        await store.close()
 
 
 async def test_console_reads_without_a_token_and_refuses_a_wrong_one(fleet: FleetDemo) -> None:

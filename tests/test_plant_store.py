@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -12,19 +13,11 @@ from pathlib import Path
 import pytest
 
 from agent.plant.audit import audit
-from agent.plant.backends import Backend, open_backend
+from agent.plant.backends import INSERT_QUARANTINE, Backend, open_backend
 from agent.plant.records import Incoming, RecordStore
 from agent.plant.trace import export, find, first_pass_yield, missing_sequences
 from agent.sim.records import T0, chain
 from agent.wire.messages import record_digest
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "records.db")
-    url: str = request.getfixturevalue("pg_url")
-    return url
 
 
 @pytest.fixture
@@ -58,6 +51,31 @@ async def test_a_record_delivered_twice_is_stored_once_and_acked_both_times(
     assert found.clean
     assert found.records == 5
     assert found.highest_seq == 5
+
+
+async def test_a_transaction_is_all_or_nothing_and_reads_beside_it_see_only_committed_rows(
+        backend: Backend) -> None:
+    async def held() -> int:
+        (row,) = await backend.fetch("SELECT COUNT(*) FROM quarantine")
+        return int(row[0])
+
+    beside: list[asyncio.Task[int]] = []
+
+    async def change_mind() -> None:
+        async with backend.transaction() as tx:
+            await tx.execute(INSERT_QUARANTINE, ("a" * 32, "st-1", "test", b"{}"))
+            assert await tx.fetch("SELECT COUNT(*) FROM quarantine") == [(1,)]
+            beside.append(asyncio.create_task(held()))  # SQLite: the same connection, waiting
+            await asyncio.sleep(0.1)
+            raise RuntimeError("changed my mind")
+
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        await change_mind()
+    assert await beside[0] == 0
+    async with backend.transaction() as tx:
+        await tx.execute(INSERT_QUARANTINE, ("b" * 32, "st-1", "test", b"{}"))
+        assert await tx.fetch("UPDATE quarantine SET reason = 'kept'") == []  # no rows to give
+    assert await held() == 1
 
 
 async def test_the_buyers_and_quality_questions(backend: Backend) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from agent.commands.plant_rollout import parse_gate
 from agent.errors import AgentError
+from agent.plant.backends import open_backend
 from agent.plant.records import Incoming, RecordStore
 from agent.plant.rollout.actions import apply_action
 from agent.plant.rollout.engine import gate_problems
@@ -24,8 +25,8 @@ from agent.plant.rollout.model import (
     parse_waves,
     wave_members,
 )
-from agent.plant.rollout.store import RolloutStore, open_rollout_db
-from agent.plant.rollout.yields import SqliteYields, judge
+from agent.plant.rollout.store import RolloutStore
+from agent.plant.rollout.yields import RecordYields, judge
 from agent.wire.messages import GENESIS_DIGEST, record_digest
 
 STATIONS = tuple(f"st-{i:02d}" for i in range(1, 9))
@@ -72,10 +73,9 @@ def test_a_station_named_twice_is_refused() -> None:
         plan(stations=("st-01", "st-01"))
 
 
-async def test_moves_are_guarded_and_each_is_stored_with_its_decision(tmp_path: Path) -> None:
-    db = await open_rollout_db(tmp_path / "plant.db")
+async def test_moves_are_guarded_and_each_is_stored_with_its_decision(db_target: str) -> None:
+    store = await RolloutStore.open(db_target)
     try:
-        store = RolloutStore(db)
         rollout_id = await store.create(plan(), by="ana", approved=False)
         rollout = await store.load(rollout_id)
         assert rollout.state == RolloutState.AWAITING_APPROVAL
@@ -98,8 +98,11 @@ async def test_moves_are_guarded_and_each_is_stored_with_its_decision(tmp_path: 
         assert [(d.kind, d.actor) for d in rollout.decisions] == [
             ("start", "ana"), ("approve", "ana"), ("pause", "bo"), ("resume", "engine"),
             ("publish", "engine"), ("abort", "ana")]
+        assert rollout.waves[0].started_at is not None
+        assert rollout.waves[0].started_at.tzinfo == UTC
+        assert rollout.created_at <= rollout.decisions[-1].at
     finally:
-        await db.close()
+        await store.close()
 
 
 _CHAIN_HEADS: dict[str, str] = {}  # station -> digest of its last record made here
@@ -124,10 +127,10 @@ def record(station: str, seq: int, serial: str | None, outcome: str, set_id: str
 
 
 async def test_first_pass_yield_counts_each_serial_once_by_its_first_attempt(
-        tmp_path: Path) -> None:
-    db = await open_rollout_db(tmp_path / "plant.db")
+        db_target: str) -> None:
+    backend = await open_backend(db_target)
     try:
-        await RecordStore(db).store_batch([
+        await RecordStore(backend).store_batch([
             record("st-01", 1, "SN-1", "fail", "fw-2", "verify_mismatch"),
             record("st-01", 2, "SN-1", "pass", "fw-2"),  # the retest does not raise the yield
             record("st-01", 3, "SN-2", "pass", "fw-2"),
@@ -136,7 +139,7 @@ async def test_first_pass_yield_counts_each_serial_once_by_its_first_attempt(
             record("st-02", 2, "SN-4", "pass", "fw-1"),  # another set
             record("st-03", 1, "SN-5", "fail", "fw-2", "verify_mismatch"),  # not in the wave
         ])
-        yields = SqliteYields(db)
+        yields = RecordYields(backend)
         new = await yields.set_yield(stations=("st-01", "st-02"), set_id="fw-2",
                                      failure_code="verify_mismatch")
         assert (new.units, new.passed_first, new.failure_count) == (4, 2, 1)
@@ -157,7 +160,7 @@ async def test_first_pass_yield_counts_each_serial_once_by_its_first_attempt(
         assert per_station["st-02"].fpy_pct == 100.0
         assert [u.serial for u in await yields.last_units(limit=2)] != []
     finally:
-        await db.close()
+        await backend.close()
 
 
 async def test_engine_keeps_going_while_the_broker_is_away(tmp_path: Path,
@@ -168,13 +171,12 @@ async def test_engine_keeps_going_while_the_broker_is_away(tmp_path: Path,
     from agent.wire.mqtt import BrokerEndpoint
 
     endpoint = BrokerEndpoint(host="127.0.0.1", port=free_port())  # nobody listens there
-    db = await open_rollout_db(tmp_path / "plant.db")
+    store = await RolloutStore.open(str(tmp_path / "plant.db"))
     try:
-        store = RolloutStore(db)
         rollout_id = await store.create(plan(), by="ana", approved=True)
         fleet = FleetWatch(endpoint=endpoint, client_id="t-fleet")
         fleet.connected.set()
-        engine = RolloutEngine(store=store, yields=SqliteYields(db), fleet=fleet,
+        engine = RolloutEngine(store=store, yields=RecordYields(store.backend), fleet=fleet,
                                endpoint=endpoint, tick_s=0.05)
         task = asyncio.create_task(engine.run())
         async with asyncio.timeout(30):
@@ -187,4 +189,4 @@ async def test_engine_keeps_going_while_the_broker_is_away(tmp_path: Path,
         assert rollout.waves[0].state == WaveState.ACTIVATING
         assert all(s.published_at is None for s in rollout.steps)  # nothing claimed as sent
     finally:
-        await db.close()
+        await store.close()

@@ -1,7 +1,8 @@
 """`fixture-agent plant rollout start|status|approve|pause|resume|abort`: yield-gated rollouts.
 
-The plan and every decision live in the plant database (``--db``, the recorder's); the rollout
-engine (``fixture-agent recorder --rollouts``) carries them out. These commands only write the
+The plan and every decision live in the plant database (``--db``, the recorder's: a SQLite file
+or a ``postgresql://`` URL); the rollout engine (``fixture-agent recorder --rollouts``) carries
+them out. These commands only write the
 plan or a person's decision, each checked against the rollout's state machine.
 Exit codes: 0 done, 1 refused (e.g. a move the rollout's state does not allow), 2 unusable input.
 """
@@ -12,22 +13,27 @@ import argparse
 import asyncio
 import getpass
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from agent.commands.common import CommandLineError, add_broker_options, endpoint_from
 from agent.errors import AgentError
+from agent.plant.backends import redacted
 from agent.plant.rollout.actions import ACTIONS, apply_action
 from agent.plant.rollout.model import Gate, RolloutPlan, parse_waves
 from agent.plant.rollout.report import format_rollout
-from agent.plant.rollout.store import RolloutStore, open_rollout_db
+from agent.plant.rollout.store import RolloutStore
 
 GATE_KEYS = {"min_units": "min_units", "max_fpy_drop": "max_fpy_drop_pp",
              "failure_code": "failure_code", "max_failure_rate": "max_failure_rate_pct",
              "action": "action", "activation_timeout": "activation_timeout_s",
              "offline_timeout": "offline_timeout_s", "approve_each_wave": "approve_each_wave"}
+T = TypeVar("T")
+
+
 def register(sub: Any) -> None:
     """Add ``plant rollout`` and its subcommands."""
     parser = sub.add_parser("rollout", help="yield-gated rollouts of a set in waves")
@@ -61,7 +67,9 @@ def register(sub: Any) -> None:
 
 
 def _common(parser: argparse.ArgumentParser, *, broker: bool = False) -> None:
-    parser.add_argument("--db", type=Path, required=True, help="the plant database (SQLite)")
+    parser.add_argument("--db", required=True, metavar="PATH|URL",
+                        help="the plant database: a SQLite file, or a postgresql://USER@HOST/DB "
+                             "URL")
     parser.add_argument("--by", default=getpass.getuser(), help="who decides (default: you)")
     if broker:
         add_broker_options(parser, client_id="plant-rollout-cli", per_run=True)
@@ -161,38 +169,31 @@ async def _group_members(args: argparse.Namespace) -> list[str]:
     return fleet.group_members(args.group)
 
 
-async def _create(db_path: Path, plan: RolloutPlan, *, by: str, approved: bool) -> int:
-    db = await open_rollout_db(db_path)
+async def _with_store(target: str, work: Callable[[RolloutStore], Awaitable[T]]) -> T:
+    store = await RolloutStore.open(target)
     try:
-        return await RolloutStore(db).create(plan, by=by, approved=approved)
+        return await work(store)
     finally:
-        await db.close()
+        await store.close()
+
+
+async def _create(target: str, plan: RolloutPlan, *, by: str, approved: bool) -> int:
+    return await _with_store(target, lambda store: store.create(plan, by=by, approved=approved))
 
 
 def status_command(args: argparse.Namespace) -> int:
     """Print one rollout, or all, with waves, stations and decisions."""
-    async def read() -> str:
-        db = await open_rollout_db(args.db)
-        try:
-            store = RolloutStore(db)
-            ids = [args.rollout_id] if args.rollout_id is not None else await store.ids()
-            return "\n\n".join([format_rollout(await store.load(i)) for i in ids]) or \
-                f"no rollouts in {args.db}"
-        finally:
-            await db.close()
+    async def read(store: RolloutStore) -> str:
+        ids = [args.rollout_id] if args.rollout_id is not None else await store.ids()
+        return "\n\n".join([format_rollout(await store.load(i)) for i in ids]) or \
+            f"no rollouts in {redacted(args.db)}"
 
-    print(asyncio.run(read()))
+    print(asyncio.run(_with_store(args.db, read)))
     return 0
 
 
 def move_command(args: argparse.Namespace) -> int:
     """approve, pause, resume, abort: a person's decision, stored if the state allows it."""
-    async def move() -> str:
-        db = await open_rollout_db(args.db)
-        try:
-            return await apply_action(RolloutStore(db), args.rollout_id, args.move, by=args.by)
-        finally:
-            await db.close()
-
-    print(asyncio.run(move()))
+    print(asyncio.run(_with_store(args.db, lambda store: apply_action(
+        store, args.rollout_id, args.move, by=args.by))))
     return 0

@@ -5,7 +5,8 @@ Every station (in-memory targets, so N of them fit on a small machine) starts on
 programs units without end, as an operator would; a small MES gives each station a job for the
 set it reports active. Then set B, whose application image the simulated parts fail to take at
 ``fault_rate``, is rolled out with action ``rollback`` and must stop at wave 1; then set C (good)
-must reach every station.
+must reach every station. The plant database is a SQLite file in the work folder, or the
+PostgreSQL database ``FleetOptions.plant_db`` names.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from agent.demo.images import ReleaseKey, demo_job, demo_manifest, write_images
 from agent.plant.publish import publish_retained
 from agent.plant.rollout.model import Gate, RolloutPlan, RolloutState, parse_waves
 from agent.plant.rollout.report import format_rollout
-from agent.plant.rollout.store import RolloutStore, open_rollout_db
+from agent.plant.rollout.store import RolloutStore
 from agent.plant.service import PlantOptions, PlantParts, serve_plant
 from agent.sim.broker import LocalBroker
 from agent.station.app import StationParts, build_hardware, serve
@@ -50,6 +51,8 @@ class FleetOptions:
     tick_s: float = 0.2
     rollout_timeout_s: float = 240.0
     engine: bool = True  # False: the caller runs its own engine (tests restart it)
+    plant_db: str | None = None  # a postgresql:// URL; None: plant/records.db in the workdir
+    rollouts: tuple[str, ...] = ("bad", "good")  # which of the two, in this order
 
 
 def fleet_station_config(*, workdir: Path, port: int, station: str, trust: dict[str, Any],
@@ -88,6 +91,11 @@ class FleetDemo:
         self.station_tasks: dict[str, asyncio.Task[None]] = {}
         self.baseline_done = asyncio.Event()
 
+    @property
+    def plant_db(self) -> str:
+        """The plant database: the URL asked for, or the SQLite file in the work folder."""
+        return self.options.plant_db or str(self.workdir / "plant" / "records.db")
+
     def say(self, line: str) -> None:
         """One line of the story."""
         print(line, file=self.out, flush=True)
@@ -117,8 +125,7 @@ class FleetDemo:
         good_c, _ = self.signed("sensor-node-2026.12.1", 9, "c")
         faults = [{"sha256": bad_sha, "rate": self.options.fault_rate}]
         plant_ready: asyncio.Future[PlantParts] = asyncio.get_running_loop().create_future()
-        plant_db = str(self.workdir / "plant" / "records.db")
-        options = PlantOptions(db=plant_db, endpoint=self.endpoint,
+        options = PlantOptions(db=self.plant_db, endpoint=self.endpoint,
                                rollouts=self.options.engine, console=self.options.console,
                                operator_token=self.options.operator_token,
                                tick_s=self.options.tick_s)
@@ -139,8 +146,9 @@ class FleetDemo:
             await self._baseline(good_a)
             self.baseline_done.set()
             if scenario:
-                result["bad"] = await self._rollout(bad_b, "bad")
-                result["good"] = await self._rollout(good_c, "good")
+                for label in self.options.rollouts:
+                    signed = {"bad": bad_b, "good": good_c}[label]
+                    result[label] = await self._rollout(signed, label)
             if stay:
                 self.say("serving until interrupted (Ctrl-C)")
                 await asyncio.Event().wait()
@@ -217,9 +225,8 @@ class FleetDemo:
                            signed_set=signed.decode(), stations=tuple(self.names),
                            waves=parse_waves(self.options.waves), gate=gate,
                            target=f"group {GROUP}")
-        db = await open_rollout_db(self.workdir / "plant" / "records.db")
+        store = await RolloutStore.open(self.plant_db)
         try:
-            store = RolloutStore(db)
             rollout_id = await store.create(plan, by="demo", approved=True)
             self.say(f"\n$ fixture-agent plant rollout start {manifest['set_id']}.signed.json "
                      f"--group {GROUP} --waves {self.options.waves} --gate min_units="
@@ -233,7 +240,7 @@ class FleetDemo:
                      f"{format_rollout(rollout)}")
             return str(rollout.state)
         finally:
-            await db.close()
+            await store.close()
 
 
 def run_fleet(options: FleetOptions, *, workdir: Path, stay: bool = False) -> int:

@@ -1,9 +1,10 @@
-"""Where the plant keeps its records: one interface, two engines.
+"""Where the plant keeps its records and rollouts: one interface, two engines.
 
 SQLite (a path) is the embedded default: one file, WAL, ``synchronous=FULL``. PostgreSQL (a
 ``postgresql://`` URL, :mod:`agent.plant.pg`) is for a plant: several recorders, a replicated or
 managed server. Both take the same SQL (``%s`` placeholders; SQLite's are rewritten) for the
 queries, and both store idempotently: ``INSERT ... ON CONFLICT DO NOTHING`` on the record id.
+Guarded read-check-write changes (the rollouts') run in :meth:`Backend.transaction`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import aiosqlite
 
@@ -76,8 +79,20 @@ class Quarantined:
     payload: bytes
 
 
+class Tx(Protocol):
+    """One open transaction on one connection (see :meth:`Backend.transaction`)."""
+
+    async def fetch(self, sql: str, params: Sequence[Any] = (), *,
+                    for_update: bool = False) -> list[tuple[Any, ...]]:
+        """Every row of a read (or of a write's RETURNING); ``for_update``: no other
+        transaction may change or lock those rows until this one ends."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A write."""
+
+
 class Backend(Protocol):
-    """What the recorder, the queries and the audit need of an engine."""
+    """What the recorder, the queries, the audit and the rollouts need of an engine."""
 
     name: str  # "sqlite" or "postgresql"
 
@@ -92,6 +107,12 @@ class Backend(Protocol):
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of a read."""
+
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """A transaction that has a connection to itself: committed when the block ends,
+        rolled back when it raises. Two of them that lock the same row (``for_update``) run
+        one after the other, in this process or another. Inside, read and write through the
+        :class:`Tx` only (on SQLite the backend's own reads wait for the block to end)."""
 
     def stream(self, sql: str, params: Sequence[Any] = ()) -> AsyncIterator[tuple[Any, ...]]:
         """The rows of a read, a few at a time (exports, audits of millions)."""
@@ -149,12 +170,21 @@ async def open_record_db(path: Path) -> aiosqlite.Connection:
 
 
 class SqliteBackend:
-    """The embedded engine: one connection, serialised by aiosqlite's thread."""
+    """The embedded engine: one connection, serialised by aiosqlite's thread.
+
+    Its transactions are ``BEGIN IMMEDIATE``: the database's write lock from the first
+    statement, so a read-check-write in one cannot interleave with another process's. In this
+    process they take turns on the connection (a lock), and reads wait for an open one, so
+    they see only committed rows: two coroutines may share a backend (the console's requests
+    do). The recorder and the rollout parts still open one each: a long batch should not hold
+    up the console.
+    """
 
     name = "sqlite"
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
+        self._turn = asyncio.Lock()  # one transaction at a time on this connection
 
     @classmethod
     async def open(cls, path: Path) -> SqliteBackend:
@@ -174,9 +204,7 @@ class SqliteBackend:
 
     async def insert(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
         """See :class:`Backend`."""
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._immediate() as db:
             before = db.total_changes
             await db.executemany(_q(INSERT_RECORD), [
                 record_params(r, self.ts(r.finished_at), r.link_ok) for r in rows])
@@ -187,16 +215,29 @@ class SqliteBackend:
             if quarantined:
                 await db.executemany(_q(INSERT_QUARANTINE), [
                     (q.record_id, q.station, q.reason, q.payload) for q in quarantined])
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        await db.execute("COMMIT")
         return added
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """See :class:`Backend`."""
-        async with self.db.execute(_q(sql), tuple(params)) as cursor:
-            return [tuple(row) for row in await cursor.fetchall()]
+        async with self._turn:
+            return await _rows(self.db, sql, params)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        """See :class:`Backend`."""
+        async with self._immediate() as db:
+            yield _SqliteTx(db)
+
+    @asynccontextmanager
+    async def _immediate(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._turn:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
 
     async def stream(self, sql: str, params: Sequence[Any] = ()) -> AsyncIterator[tuple[Any, ...]]:
         """See :class:`Backend`."""
@@ -220,8 +261,38 @@ class SqliteBackend:
         await self.db.close()
 
 
+class _SqliteTx:
+    """A transaction of :class:`SqliteBackend` (already holding the database's write lock)."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def fetch(self, sql: str, params: Sequence[Any] = (), *,
+                    for_update: bool = False) -> list[tuple[Any, ...]]:
+        # for_update needs nothing more: BEGIN IMMEDIATE holds every row against other writers
+        return await _rows(self._db, sql, params)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        await self._db.execute(_q(sql), tuple(params))
+
+
+async def _rows(db: aiosqlite.Connection, sql: str,
+                params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async with db.execute(_q(sql), tuple(params)) as cursor:
+        return [tuple(row) for row in await cursor.fetchall()]
+
+
 def _q(sql: str) -> str:
     return sql.replace("%s", "?")
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def is_postgres_url(target: str) -> bool:

@@ -3,6 +3,8 @@
 Any number of recorders share one server; each batch is one transaction of ``executemany``
 (psycopg pipelines it: one round trip per batch, not per record) with ``ON CONFLICT DO NOTHING``,
 so a record two recorders both received is stored once. Migrations run under an advisory lock.
+A guarded change (a rollout's) is a transaction on one pooled connection that locks the rows it
+checks (``SELECT ... FOR UPDATE``), so the engine and a command racing on one rollout take turns.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from agent.errors import AgentError
@@ -26,23 +29,16 @@ from agent.plant.backends import (
     Quarantined,
     Row,
     Span,
+    Tx,
     key_params,
     links_sql,
     record_params,
+    redacted,
     span_params,
 )
 from agent.plant.schema import MIGRATIONS_TABLE, POSTGRES
 
 MIGRATION_LOCK = 0x6669787475726531  # pg_advisory_xact_lock key of the record schema
-
-
-def redacted(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class PostgresBackend:
@@ -115,6 +111,12 @@ class PostgresBackend:
                 return []
             return [tuple(row) for row in await cursor.fetchall()]
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        """See :class:`agent.plant.backends.Backend`."""
+        async with self._pool.connection() as conn, conn.transaction():
+            yield _PostgresTx(conn)
+
     async def stream(self, sql: str, params: Sequence[Any] = ()) -> AsyncIterator[tuple[Any, ...]]:
         """A server-side cursor: millions of rows without holding them all."""
         async with (self._pool.connection() as conn, conn.transaction(),
@@ -143,3 +145,22 @@ class PostgresBackend:
     async def close(self) -> None:
         """See :class:`agent.plant.backends.Backend`."""
         await self._pool.close()
+
+
+class _PostgresTx:
+    """A transaction of :class:`PostgresBackend` on one pooled connection."""
+
+    def __init__(self, conn: AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, params: Sequence[Any] = (), *,
+                    for_update: bool = False) -> list[tuple[Any, ...]]:
+        if for_update:
+            sql += " FOR UPDATE"
+        cursor = await self._conn.execute(sql.encode(), tuple(params) or None)
+        if cursor.description is None:  # a statement that returns no rows
+            return []
+        return [tuple(row) for row in await cursor.fetchall()]
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        await self._conn.execute(sql.encode(), tuple(params) or None)

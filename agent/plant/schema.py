@@ -7,6 +7,13 @@ advisory lock), so two recorders starting together migrate once.
 
 Every query of :mod:`agent.plant.queries` has its index here (tests/test_plant_store.py shows the
 plans on a million records).
+
+Version 3 adds the rollout tables (:mod:`agent.plant.rollout.store`). On SQLite they were made by
+``CREATE TABLE IF NOT EXISTS`` when a rollout command first opened the file, before they were a
+migration: version 3 keeps those statements, so such a file migrates without a change. JSON (a
+plan, a wave's stations, a decision's figures) is text on both engines, as a record's payload
+is: the store reads and writes whole documents; times are text (ISO 8601, UTC) on SQLite and
+TIMESTAMPTZ on PostgreSQL, as in ``records``; station names sort bytewise on both (``"C"``).
 """
 
 from __future__ import annotations
@@ -64,6 +71,48 @@ CREATE INDEX records_set ON records (firmware_set_id, finished_at);
 CREATE INDEX records_manifest ON records (manifest_digest, finished_at);
 CREATE INDEX records_finished ON records (finished_at);
 """),
+    (3, """
+CREATE TABLE IF NOT EXISTS rollouts (
+    rollout_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    plan         TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    current_wave INTEGER NOT NULL DEFAULT 0,
+    created_at   TEXT NOT NULL,
+    created_by   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rollout_waves (
+    rollout_id      INTEGER NOT NULL REFERENCES rollouts (rollout_id),
+    idx             INTEGER NOT NULL,
+    state           TEXT NOT NULL,
+    stations        TEXT NOT NULL,
+    started_at      TEXT,
+    measuring_since TEXT,
+    ended_at        TEXT,
+    PRIMARY KEY (rollout_id, idx)
+);
+CREATE TABLE IF NOT EXISTS rollout_steps (
+    rollout_id     INTEGER NOT NULL REFERENCES rollouts (rollout_id),
+    station        TEXT NOT NULL,
+    wave           INTEGER NOT NULL,
+    previous_set   TEXT,
+    published_at   TEXT,
+    active_at      TEXT,
+    rolled_back_at TEXT,
+    PRIMARY KEY (rollout_id, station)
+);
+CREATE TABLE IF NOT EXISTS rollout_decisions (
+    decision_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollout_id  INTEGER NOT NULL REFERENCES rollouts (rollout_id),
+    wave        INTEGER,
+    at          TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    figures     TEXT
+);
+CREATE INDEX IF NOT EXISTS rollout_decisions_rollout
+    ON rollout_decisions (rollout_id, decision_id);
+"""),
 )
 
 POSTGRES: tuple[tuple[int, str], ...] = (
@@ -105,8 +154,49 @@ CREATE TABLE quarantine (
     payload   BYTEA NOT NULL
 );
 """),
+    (3, """
+CREATE TABLE rollouts (
+    rollout_id   BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    plan         TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    current_wave INTEGER NOT NULL DEFAULT 0,
+    created_at   TIMESTAMPTZ NOT NULL,
+    created_by   TEXT NOT NULL
+);
+CREATE TABLE rollout_waves (
+    rollout_id      BIGINT NOT NULL REFERENCES rollouts (rollout_id),
+    idx             INTEGER NOT NULL,
+    state           TEXT NOT NULL,
+    stations        TEXT NOT NULL,
+    started_at      TIMESTAMPTZ,
+    measuring_since TIMESTAMPTZ,
+    ended_at        TIMESTAMPTZ,
+    PRIMARY KEY (rollout_id, idx)
+);
+CREATE TABLE rollout_steps (
+    rollout_id     BIGINT NOT NULL REFERENCES rollouts (rollout_id),
+    station        TEXT COLLATE "C" NOT NULL,
+    wave           INTEGER NOT NULL,
+    previous_set   TEXT,
+    published_at   TIMESTAMPTZ,
+    active_at      TIMESTAMPTZ,
+    rolled_back_at TIMESTAMPTZ,
+    PRIMARY KEY (rollout_id, station)
+);
+CREATE TABLE rollout_decisions (
+    decision_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    rollout_id  BIGINT NOT NULL REFERENCES rollouts (rollout_id),
+    wave        INTEGER,
+    at          TIMESTAMPTZ NOT NULL,
+    kind        TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    figures     TEXT
+);
+CREATE INDEX rollout_decisions_rollout ON rollout_decisions (rollout_id, decision_id);
+"""),
 )
 
 MIGRATIONS_TABLE = ("CREATE TABLE IF NOT EXISTS schema_migrations ("
                     "version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
-LATEST = 2
+LATEST = 3

@@ -5,7 +5,8 @@ Rollout actions (approve, pause, resume, abort) need the operator token as
 ``Authorization: Bearer TOKEN``; without one configured they are off. Live updates are pushed as
 server-sent events: station status and finished units as the broker delivers them (through
 :class:`~agent.plant.fleet.FleetWatch`), rollouts whenever a new decision is stored (by the engine
-or by a command in another process: the database is the place they meet).
+or by a command in another process: the database is the place they meet). It reads and acts
+through a backend of its own (:mod:`agent.plant.backends`: SQLite or PostgreSQL).
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from dataclasses import asdict
 from importlib import resources
 from typing import Any
 
-import aiosqlite
 from aiohttp import web
 
 from agent.errors import AgentError
+from agent.plant.backends import Backend
 from agent.plant.fleet import FleetWatch
 from agent.plant.rollout.actions import ACTIONS, apply_action
 from agent.plant.rollout.report import rollout_json
 from agent.plant.rollout.store import RolloutStore
-from agent.plant.rollout.yields import SqliteYields
+from agent.plant.rollout.yields import RecordYields
 from agent.plant.trace import find_by_serial
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,11 @@ class ConsoleUnavailable(AgentError):
 class Console:
     """The web console; ``run()`` serves until cancelled, ``url`` says where."""
 
-    def __init__(self, *, db: aiosqlite.Connection, fleet: FleetWatch, host: str, port: int,
+    def __init__(self, *, backend: Backend, fleet: FleetWatch, host: str, port: int,
                  operator_token: str | None) -> None:
-        self._db = db
-        self._store = RolloutStore(db)
-        self._yields = SqliteYields(db)
+        self._backend = backend
+        self._store = RolloutStore(backend)
+        self._yields = RecordYields(backend)
         self._fleet = fleet
         self._host, self._port = host, port
         self._token = operator_token
@@ -97,10 +98,9 @@ class Console:
     async def _watch_decisions(self) -> None:
         last = -1
         while True:
-            async with self._db.execute("SELECT COALESCE(MAX(decision_id), 0) FROM "
-                                        "rollout_decisions") as cursor:
-                row = await cursor.fetchone()
-            newest = int(row[0]) if row else 0
+            rows = await self._backend.fetch("SELECT COALESCE(MAX(decision_id), 0)"
+                                             " FROM rollout_decisions")
+            newest = int(rows[0][0]) if rows else 0
             if newest != last:
                 last = newest
                 self._push("rollouts", await self._rollouts())
@@ -157,7 +157,7 @@ class Console:
         if not serial or len(serial) > 64:
             return _sentence(400, "give a serial, e.g. SN-001000")
         return web.json_response({"serial": serial,
-                                  "records": await find_by_serial(self._db, serial)})
+                                  "records": await find_by_serial(self._backend, serial)})
 
     # ---- acting --------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from agent.plant.rollout.model import (
     Rollout,
     RolloutState,
     StationStep,
+    UnexpectedState,
     WaveState,
 )
 from agent.plant.rollout.store import RolloutStore, now_utc
@@ -35,6 +36,7 @@ from agent.wire.topics import StationTopics
 
 log = logging.getLogger(__name__)
 RESEND_ROLLBACK_S = 30.0
+RUNNING = frozenset({RolloutState.RUNNING})  # what the engine's moves of a running rollout expect
 
 
 class RolloutEngine:
@@ -68,7 +70,10 @@ class RolloutEngine:
         for rollout_id in await self._store.ids(unfinished_only=True):
             rollout = await self._store.load(rollout_id)
             before = len(rollout.decisions)
-            await self._step(rollout)
+            try:
+                await self._step(rollout)
+            except UnexpectedState as exc:  # a command moved it since the load: look again
+                log.info("rollout %d changed while the engine looked: %s", rollout_id, exc)
             if len((await self._store.load(rollout_id)).decisions) != before:
                 self.changed.set()
 
@@ -167,20 +172,21 @@ class RolloutEngine:
         if index + 1 >= len(rollout.waves):
             await self._store.move(rollout.rollout_id, RolloutState.COMPLETED, kind="complete",
                                    summary=f"{rollout.plan.set_id} runs on every station of "
-                                           f"{rollout.plan.target}")
+                                           f"{rollout.plan.target}", expect=RUNNING)
             return
         wanted = (RolloutState.AWAITING_APPROVAL if rollout.plan.gate.approve_each_wave
                   else RolloutState.RUNNING)
         await self._store.move(rollout.rollout_id, wanted, kind="advance", next_wave=index + 1,
                                summary=f"next: wave {index + 2}"
-                               + (" after approval" if wanted != RolloutState.RUNNING else ""))
+                               + (" after approval" if wanted != RolloutState.RUNNING else ""),
+                               expect=RUNNING)
 
     async def _fail(self, rollout: Rollout, *, kind: str, summary: str,
                     figures: Figures | None = None) -> None:
         action = rollout.plan.gate.action
         wanted = RolloutState.PAUSED if action == "pause" else RolloutState.ROLLING_BACK
         await self._store.move(rollout.rollout_id, wanted, kind=kind, figures=figures,
-                               wave_to=WaveState.FAILED,
+                               wave_to=WaveState.FAILED, expect=RUNNING,
                                summary=f"{summary}; action: {action}")
 
     async def _roll_back(self, rollout: Rollout) -> None:
@@ -204,7 +210,8 @@ class RolloutEngine:
         if not pending:
             await self._store.move(rollout.rollout_id, RolloutState.ROLLED_BACK,
                                    kind="rolled_back", summary=f"every touched station is off "
-                                                               f"{plan.set_id}")
+                                                               f"{plan.set_id}",
+                                   expect=frozenset({RolloutState.ROLLING_BACK}))
 
     async def _send_rollback(self, rollout_id: int, step: StationStep, product: str) -> None:
         key = (rollout_id, step.station)

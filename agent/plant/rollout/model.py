@@ -70,6 +70,12 @@ class IllegalMove(AgentError):
         super().__init__(f"{what} is {current} and cannot become {wanted}")
 
 
+class UnexpectedState(IllegalMove):
+    """The rollout is in a state the move was not meant for: a person's action on the wrong
+    state (resume is not approve), or an engine step after someone else moved the rollout
+    since the engine looked."""
+
+
 def check_rollout_move(current: RolloutState, wanted: RolloutState, *, what: str) -> None:
     """Raise IllegalMove unless ``current`` -> ``wanted`` is allowed."""
     if wanted not in ROLLOUT_MOVES[current]:
