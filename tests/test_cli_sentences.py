@@ -128,3 +128,15 @@ def test_recorder_limits_out_of_range_are_refused_in_a_sentence(
     assert result.returncode == 2
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("action", [["status"], ["approve", "1"], ["abort", "1"]])
+def test_a_rollout_command_on_a_mistyped_plant_database_says_so_and_makes_none(
+        tmp_path: Path, action: list[str]) -> None:
+    """It made an empty database no rollout engine reads, and answered "no rollouts"."""
+    typo = tmp_path / "plnat.db"
+    result = fixture_agent("plant", "rollout", *action, "--db", str(typo))
+    assert result.returncode == 2
+    assert f"{typo}: no such plant database" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not typo.exists()

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from agent.commands.common import CommandLineError, add_broker_options, endpoint_from
 from agent.errors import AgentError
-from agent.plant.backends import redacted
+from agent.plant.backends import is_postgres_url, redacted
 from agent.plant.rollout.actions import ACTIONS, apply_action
 from agent.plant.rollout.model import Gate, RolloutPlan, parse_waves
 from agent.plant.rollout.report import format_rollout
@@ -170,6 +170,11 @@ async def _group_members(args: argparse.Namespace) -> list[str]:
 
 
 async def _with_store(target: str, work: Callable[[RolloutStore], Awaitable[T]]) -> T:
+    # The plant service (the recorder) makes the database; a mistyped path here would make an
+    # empty one that no rollout engine reads.
+    if not is_postgres_url(target) and not await asyncio.to_thread(Path(target).exists):
+        raise CommandLineError(f"{target}: no such plant database (the plant service creates it: "
+                               f"fixture-agent recorder --db {target})")
     store = await RolloutStore.open(target)
     try:
         return await work(store)
