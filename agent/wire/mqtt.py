@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import AgentError
-from agent.wire.receive_window import ReceiveQueue
+from agent.wire.receive_window import WindowedClient
 
 
 class PublishRefused(AgentError):
@@ -115,8 +115,9 @@ class _LastError(logging.LoggerAdapter):  # type: ignore[type-arg]
         super().log(level, msg, *args, **kwargs)
 
 
-class CheckedClient(aiomqtt.Client):
-    """An aiomqtt client whose QoS 1 publishes report the broker's reason code.
+class CheckedClient(WindowedClient):
+    """An aiomqtt client whose QoS 1 publishes report the broker's reason code (and whose
+    received messages can be bounded: :class:`agent.wire.receive_window.WindowedClient`).
 
     When the broker closes the connection, a connect still waiting for its CONNACK and every
     publish still waiting for its PUBACK fail at once, saying why (a TLS alert such as an unknown
@@ -132,62 +133,6 @@ class CheckedClient(aiomqtt.Client):
         # line, received PUBLISH properties included: a tenth of a busy recorder's time.)
         self._paho_log = _LastError(self._logger)
         self._client.enable_logger(self._paho_log)  # type: ignore[arg-type]  # paho only logs
-        self._reader_fd: int | None = None
-        self._reading_paused = False
-
-    def limit_receive(self, window: int) -> None:
-        """Hold at most about ``window`` received messages not yet taken from :attr:`messages`:
-        at that many, stop reading the socket until one is taken (:mod:`agent.wire.receive_window`).
-
-        Call before connecting.
-        """
-        self._queue = ReceiveQueue(window, full=self._pause_reading, room=self._resume_reading)
-
-    def take_received(self, most: int) -> list[aiomqtt.Message]:
-        """Up to ``most`` received messages that are waiting now, without waiting for more."""
-        taken: list[aiomqtt.Message] = []
-        while len(taken) < most and not self._queue.empty():
-            taken.append(self._queue.get_nowait())
-        return taken
-
-    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        super()._on_socket_open(client, userdata, sock)
-        # aiomqtt registers its reader from paho's connect thread, through the loop; ours, queued
-        # after it, replaces it: the same reads, but one that a full receive window can pause.
-        self._loop.call_soon_threadsafe(self._take_reader, sock.fileno())
-
-    def _take_reader(self, fileno: int) -> None:
-        self._reader_fd = fileno
-        if self._reading_paused:
-            self._loop.remove_reader(fileno)
-        else:
-            self._loop.add_reader(fileno, self._read_socket)
-
-    def _read_socket(self) -> None:
-        client = self._client
-        try:
-            while not self._reading_paused:
-                client.loop_read()
-                # an SSL socket may hold decoded bytes the selector will not report again
-                pending = getattr(client.socket(), "pending", None)
-                if pending is None or pending() == 0:
-                    break
-        except Exception as exc:  # the connection broke: what aiomqtt's own reader does
-            if not self._disconnected.done():
-                self._disconnected.set_exception(exc)
-
-    def _pause_reading(self) -> None:
-        if not self._reading_paused:
-            self._reading_paused = True
-            if self._reader_fd is not None:
-                self._loop.remove_reader(self._reader_fd)
-
-    def _resume_reading(self) -> None:
-        if self._reading_paused:
-            self._reading_paused = False
-            if self._reader_fd is not None:
-                self._loop.add_reader(self._reader_fd, self._read_socket)
-                self._loop.call_soon(self._read_socket)  # bytes SSL decoded before the pause
 
     def manual_ack(self) -> None:
         """From now on a received QoS 1 message is acknowledged only by :meth:`ack`.
@@ -207,7 +152,6 @@ class CheckedClient(aiomqtt.Client):
         # nothing waits any more.
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._fail_waiters, self._connected)
-        self._reader_fd = None
         super()._on_socket_close(client, userdata, sock)
 
     def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
