@@ -19,6 +19,7 @@ from agent.plant.fleet import FleetWatch
 from agent.plant.recorder import BATCH_MAX, DEFAULT_GROUP, QUEUE_SIZE, Recorder
 from agent.plant.records import RecordStore
 from agent.plant.rollout.engine import RolloutEngine
+from agent.plant.rollout.lease import engine_lease
 from agent.plant.rollout.store import RolloutStore
 from agent.plant.rollout.yields import RecordYields
 from agent.wire.mqtt import RECONNECT_MAX_S, BrokerEndpoint
@@ -87,7 +88,8 @@ async def _build(options: PlantOptions,
         engine_db = await backend()
         engine = RolloutEngine(store=RolloutStore(engine_db), yields=RecordYields(engine_db),
                                fleet=fleet, endpoint=options.endpoint, tick_s=options.tick_s,
-                               client_id=f"{options.client_id}-rollout")
+                               client_id=f"{options.client_id}-rollout",
+                               lease=engine_lease(options.db))
     if options.console is not None:
         host, port = options.console
         console = Console(backend=await backend(), fleet=fleet, host=host, port=port,

@@ -19,6 +19,7 @@ import aiomqtt
 
 from agent.plant.fleet import FleetWatch
 from agent.plant.publish import publish_once, publish_retained
+from agent.plant.rollout.lease import EngineLease, LeaseLost, take
 from agent.plant.rollout.model import (
     Figures,
     Rollout,
@@ -44,20 +45,36 @@ class RolloutEngine:
 
     def __init__(self, *, store: RolloutStore, yields: YieldSource, fleet: FleetWatch,
                  endpoint: BrokerEndpoint, client_id: str = "plant-rollout",
-                 tick_s: float = 1.0) -> None:
+                 tick_s: float = 1.0, lease: EngineLease | None = None) -> None:
         self._store = store
         self._yields = yields
         self._fleet = fleet
         self._endpoint = endpoint
         self._client_id = client_id
         self._tick_s = tick_s
+        self._lease = lease  # None: the caller makes sure this is the only engine
         self._rollback_sent: dict[tuple[int, str], datetime] = {}
         self.changed = asyncio.Event()  # set after every tick that stored something
 
     async def run(self) -> None:
-        """Tick until cancelled; a failed tick is logged and tried again (broker away)."""
+        """Tick until cancelled, holding the engine lease (standing by while another engine
+        holds it); a failed tick is logged and tried again (broker away)."""
         await self._fleet.connected.wait()
         while True:
+            if self._lease is not None:
+                await take(self._lease)
+            try:
+                await self._tick_while_leased()
+            except LeaseLost as exc:
+                log.warning("%s: standing by", exc)
+            finally:
+                if self._lease is not None:
+                    await self._lease.release()
+
+    async def _tick_while_leased(self) -> None:
+        while True:
+            if self._lease is not None:
+                await self._lease.check()
             try:
                 await self.tick()
             except (OSError, aiomqtt.MqttError, PublishRefused) as exc:
