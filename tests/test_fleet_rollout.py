@@ -149,8 +149,14 @@ async def _offline(fleet: object, station: str) -> bool:
     return not fleet.online_since(station)[0]  # type: ignore[attr-defined]
 
 
+async def made_by_the_plant_service(db: str) -> None:
+    """The plant database, as the plant service leaves it (rollout commands refuse a new path)."""
+    await (await RolloutStore.open(db)).close()
+
+
 def test_rollout_commands_answer_in_sentences(tmp_path: Path) -> None:
     db = str(tmp_path / "plant.db")
+    asyncio.run(made_by_the_plant_service(db))
     signed = tmp_path / "set.json"
     signed.write_text(json.dumps({"manifest": {"set_id": "fw-2", "product": "p"},
                                   "signatures": []}))
@@ -251,6 +257,7 @@ async def test_start_by_group_takes_the_stations_that_report_it(tmp_path: Path,
     signed = tmp_path / "set.json"
     signed.write_text(json.dumps({"manifest": {"set_id": "fw-2", "product": "p"}}))
     db = tmp_path / "plant.db"
+    await made_by_the_plant_service(str(db))
     args = [sys.executable, "-m", "agent", "plant", "rollout", "start", str(signed), "--db",
             str(db), "--waves", "1,100%", "--broker", f"127.0.0.1:{broker.port}"]
     started = await asyncio.to_thread(subprocess.run, [*args, "--group", "line-1"],
