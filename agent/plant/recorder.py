@@ -18,7 +18,7 @@ Backpressure: the recorder announces ``queue_size`` as its MQTT v5 Receive Maxim
 its queue's bound, so a slow database slows the broker rather than growing memory. mosquitto
 2.0.11 overruns that maximum while acks flow; the client then stops reading its socket with that
 many received messages waiting (:mod:`agent.wire.receive_window`), so what the recorder holds is
-bounded either way: its queue, the batch being committed, and the client's window.
+bounded either way: the client's window and the batch being committed.
 """
 
 from __future__ import annotations
