@@ -29,13 +29,36 @@ async def start_station(config: Path, notify: Path, units: int) -> asyncio.subpr
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
 
 
-def notifications(sock: socket.socket) -> list[str]:
-    seen = []
-    while True:
-        try:
-            seen.append(sock.recv(4096).decode())
-        except BlockingIOError:
-            return seen
+class NotifySocket:
+    """The service manager's end of NOTIFY_SOCKET, drained as it arrives, as systemd does.
+
+    Read only at the end, the socket's queue (net.unix.max_dgram_qlen, 10 here) filled with
+    watchdog pings, and the station's non-blocking sends dropped its STOPPING=1.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self._seen: list[str] = []
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._seen.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                return
+
+    def take(self) -> list[str]:
+        """What arrived since the last take."""
+        self._drain()
+        seen, self._seen = self._seen, []
+        return seen
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 async def test_sigkill_mid_run_loses_nothing_and_counts_nothing_twice(
@@ -43,9 +66,7 @@ async def test_sigkill_mid_run_loses_nothing_and_counts_nothing_twice(
     config = tmp_path / "station.toml"
     write_station_toml(config, tmp_path, broker.port, station_id="st-crash")
     notify_path = tmp_path / "notify.sock"
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(notify_path))
-    notify.setblocking(False)
+    notify = NotifySocket(notify_path)
     await start_job(broker.port, "st-crash", tmp_path, job_id="wo-7007", units=40)
 
     first = await start_station(config, notify_path, units=40)
@@ -53,7 +74,7 @@ async def test_sigkill_mid_run_loses_nothing_and_counts_nothing_twice(
     await eventually(lambda: _at_least(recorder, 4), what="a few records")
     first.send_signal(signal.SIGKILL)
     await first.wait()
-    before = notifications(notify)
+    before = notify.take()
     assert "READY=1" in before
     assert "WATCHDOG=1" in before
 
@@ -62,7 +83,8 @@ async def test_sigkill_mid_run_loses_nothing_and_counts_nothing_twice(
                      what="restart's units recorded and acknowledged")
     second.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(second.wait(), 15) == 0
-    after = notifications(notify)
+    after = notify.take()
+    notify.close()
     assert "READY=1" in after
     assert "STOPPING=1" in after
 
