@@ -48,6 +48,14 @@ def span_params(spans: Sequence[Span]) -> list[Any]:
     return [value for span in spans for value in span]
 
 
+async def read_links(backend: Backend, spans: Sequence[Span]) -> list[Link]:
+    """The stored records in each span (a station and a range of its seqs), on either engine."""
+    if not spans:
+        return []
+    rows = await backend.fetch(links_sql(len(spans)), span_params(spans))
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     """A checked record, ready to store."""
@@ -98,9 +106,6 @@ class Backend(Protocol):
 
     def ts(self, when: datetime) -> Any:
         """``when`` as this engine stores a time."""
-
-    async def links(self, spans: Sequence[Span]) -> list[Link]:
-        """The stored records in each span (a station and a range of its seqs)."""
 
     async def insert(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
         """Store in one transaction, skipping record ids already there; returns how many new."""
@@ -194,13 +199,6 @@ class SqliteBackend:
     def ts(self, when: datetime) -> str:
         """ISO 8601 in UTC with microseconds: sorts as text in time order."""
         return when.astimezone(UTC).isoformat(timespec="microseconds")
-
-    async def links(self, spans: Sequence[Span]) -> list[Link]:
-        """See :class:`Backend`."""
-        if not spans:
-            return []
-        rows = await self.fetch(links_sql(len(spans)), span_params(spans))
-        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def insert(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
         """See :class:`Backend`."""

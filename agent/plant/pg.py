@@ -25,16 +25,12 @@ from agent.plant.backends import (
     INSERT_KEY,
     INSERT_QUARANTINE,
     INSERT_RECORD,
-    Link,
     Quarantined,
     Row,
-    Span,
     Tx,
     key_params,
-    links_sql,
     record_params,
     redacted,
-    span_params,
 )
 from agent.plant.schema import MIGRATIONS_TABLE, POSTGRES
 
@@ -79,13 +75,6 @@ class PostgresBackend:
     def ts(self, when: datetime) -> datetime:
         """A timezone-aware datetime (TIMESTAMPTZ)."""
         return when.astimezone(UTC)
-
-    async def links(self, spans: Sequence[Span]) -> list[Link]:
-        """See :class:`agent.plant.backends.Backend`."""
-        if not spans:
-            return []
-        rows = await self.fetch(links_sql(len(spans)), span_params(spans))
-        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def insert(self, rows: Sequence[Row], quarantined: Sequence[Quarantined]) -> int:
         """See :class:`agent.plant.backends.Backend`."""

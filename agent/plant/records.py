@@ -26,6 +26,7 @@ from agent.plant.backends import (
     Row,
     SqliteBackend,
     open_record_db,
+    read_links,
 )
 from agent.wire.codec import parse_inbound
 from agent.wire.messages import GENESIS_DIGEST, UnitRecord, record_digest
@@ -87,7 +88,7 @@ class RecordStore:
                  for station, mine in by_station.items()]
         digests: dict[str, dict[int, str | None]] = defaultdict(dict)
         holders: dict[str, dict[int, str]] = defaultdict(dict)
-        for station, seq, record_id, digest in await self.backend.links(spans):
+        for station, seq, record_id, digest in await read_links(self.backend, spans):
             digests[station][seq] = digest
             holders[station][seq] = record_id
         checked: list[Row] = []
